@@ -1,0 +1,196 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+#
+# This module_utils is PRIVATE to the collection. It can change without notice
+# and must not be used by anything outside llmops.vllm.
+#
+# HTTP access to an OpenAI-compatible endpoint (vLLM's server) through
+# ansible.module_utils.urls, so the managed host needs no requests library.
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+
+from ansible.module_utils.common.text.converters import to_native, to_text
+from http.client import HTTPException
+from urllib.error import HTTPError, URLError
+
+from ansible.module_utils.urls import open_url
+
+
+class EndpointError(Exception):
+    """A request to the endpoint failed; kind says how, for diagnostics."""
+
+    # kinds: refused, timeout, tls, dns, reset, http, protocol
+    def __init__(self, kind, message, status=None, body=None, url=None):
+        super(EndpointError, self).__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.body = body
+        self.url = url
+
+    def summary(self):
+        """What was seen, in a few words (for 'last seen' lines)."""
+        if self.kind == "http":
+            detail = error_detail(self.body)
+            return "HTTP %s%s" % (self.status, (": " + detail) if detail else "")
+        return self.message
+
+
+def error_detail(body):
+    """The human part of an OpenAI-style or vLLM error body, or a short raw excerpt."""
+    if not body:
+        return ""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return to_text(body).strip()[:300]
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data))
+        if isinstance(err, dict):
+            return to_text(err.get("message") or json.dumps(err))[:500]
+        return to_text(err)[:500]
+    return to_text(body).strip()[:300]
+
+
+def _reason_kind(reason):
+    """Classify the reason of a URLError or a socket-level exception."""
+    if isinstance(reason, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in to_native(reason) or "SSL" in type(reason).__name__:
+        return "tls"
+    if isinstance(reason, ConnectionRefusedError):
+        return "refused"
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        return "timeout"
+    if isinstance(reason, socket.gaierror):
+        return "dns"
+    if isinstance(reason, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return "reset"
+    text = to_native(reason).lower()
+    if "refused" in text:
+        return "refused"
+    if "timed out" in text:
+        return "timeout"
+    if "certificate" in text or "ssl" in text:
+        return "tls"
+    if "name or service not known" in text or "nodename nor servname" in text or "temporary failure in name resolution" in text:
+        return "dns"
+    return "reset"
+
+
+_KIND_TEXT = {
+    "refused": "connection refused",
+    "timeout": "timed out",
+    "tls": "TLS error",
+    "dns": "host name not found",
+    "reset": "connection broken",
+}
+
+
+class Endpoint(object):
+    """An OpenAI-compatible server at base_url."""
+
+    def __init__(self, base_url, api_key=None, headers=None, validate_certs=True, ca_path=None,
+                 client_cert=None, client_key=None, use_proxy=True, request_timeout=60, opener=None):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.headers = dict(headers or {})
+        self.validate_certs = validate_certs
+        self.ca_path = ca_path
+        self.client_cert = client_cert
+        self.client_key = client_key
+        self.use_proxy = use_proxy
+        self.request_timeout = request_timeout
+        # tests patch open_url; keep a handle that can be swapped
+        self._open = opener or open_url
+
+    def url(self, path):
+        return self.base_url + path
+
+    def _headers(self, body):
+        headers = {"Accept": "application/json"}
+        headers.update(self.headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["Authorization"] = "Bearer %s" % self.api_key
+        return headers
+
+    def open(self, method, path, body=None, timeout=None):
+        """Send a request; return the open response. Raise EndpointError on any failure."""
+        url = self.url(path)
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        try:
+            return self._open(
+                url,
+                data=data,
+                method=method,
+                headers=self._headers(body),
+                timeout=timeout or self.request_timeout,
+                validate_certs=self.validate_certs,
+                ca_path=self.ca_path,
+                client_cert=self.client_cert,
+                client_key=self.client_key,
+                use_proxy=self.use_proxy,
+                follow_redirects="safe",
+            )
+        except HTTPError as e:
+            try:
+                payload = e.read()
+            except Exception:  # the body of an error is a courtesy
+                payload = b""
+            raise EndpointError("http", "HTTP %s from %s" % (e.code, url), status=e.code,
+                                body=to_text(payload, errors="surrogate_or_replace"), url=url)
+        except URLError as e:
+            kind = _reason_kind(e.reason)
+            raise EndpointError(kind, "%s (%s)" % (_KIND_TEXT[kind], to_native(e.reason)), url=url)
+        except (socket.timeout, TimeoutError) as e:
+            raise EndpointError("timeout", "timed out after %ss" % (timeout or self.request_timeout), url=url)
+        except ssl.SSLError as e:
+            raise EndpointError("tls", "TLS error (%s)" % to_native(e), url=url)
+        except (ConnectionError, HTTPException, OSError) as e:
+            kind = _reason_kind(e)
+            raise EndpointError(kind, "%s (%s)" % (_KIND_TEXT[kind], to_native(e) or type(e).__name__), url=url)
+
+    def request_json(self, method, path, body=None, timeout=None):
+        """Send a request and return (status, parsed JSON or None, raw text)."""
+        response = self.open(method, path, body=body, timeout=timeout)
+        try:
+            raw = response.read()
+        except (socket.timeout, TimeoutError):
+            raise EndpointError("timeout", "timed out reading the answer of %s" % self.url(path), url=self.url(path))
+        except (ConnectionError, HTTPException, OSError) as e:
+            raise EndpointError("reset", "connection broken while reading %s (%s)" % (self.url(path), to_native(e) or type(e).__name__),
+                                url=self.url(path))
+        text = to_text(raw, errors="surrogate_or_replace")
+        status = getattr(response, "status", None) or response.getcode()
+        if not text.strip():
+            return status, None, text
+        try:
+            return status, json.loads(text), text
+        except ValueError:
+            raise EndpointError("protocol", "%s answered with something that is not JSON: %r" % (self.url(path), text[:200]),
+                                status=status, body=text, url=self.url(path))
+
+    def stream_events(self, path, body, timeout=None):
+        """POST body and yield (seconds since the request was sent, data string) per server-sent event."""
+        started = time.monotonic()
+        response = self.open("POST", path, body=body, timeout=timeout)
+        while True:
+            try:
+                line = response.readline()
+            except (socket.timeout, TimeoutError):
+                raise EndpointError("timeout", "the stream from %s stalled for more than %ss" % (self.url(path), timeout or self.request_timeout),
+                                    url=self.url(path))
+            except (ConnectionError, HTTPException, OSError) as e:
+                raise EndpointError("reset", "the stream from %s broke off (%s)" % (self.url(path), to_native(e) or type(e).__name__),
+                                    url=self.url(path))
+            if not line:
+                return
+            text = to_text(line, errors="surrogate_or_replace").strip()
+            if text.startswith("data:"):
+                yield time.monotonic() - started, text[5:].strip()

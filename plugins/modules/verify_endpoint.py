@@ -1,0 +1,648 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: verify_endpoint
+short_description: Prove that an OpenAI-compatible vLLM endpoint serves chat completions
+version_added: 0.1.0
+description:
+  - Waits until the server is ready, polling inside the module with a short back-off, so
+    readiness is noticed within about a second of happening. vLLM refuses connections while it
+    loads a model, answers C(GET /health) with 200 once the engine is up, and then lists its served
+    model names at C(GET /v1/models).
+  - >-
+    Then sends a real C(POST /v1/chat/completions) and checks that the reply has the OpenAI shape,
+    and, with O(stream=true), a streamed request whose server-sent events assemble into content and
+    end with C(data: [DONE]).
+  - Returns the numbers a person compares hosts by (time to ready, latency, time to first token,
+    tokens per second) and, when something is wrong, a sentence that says what to do.
+  - Never changes anything. In check mode it sends the same requests, since answering them changes
+    nothing on the server.
+author:
+  - llmops.vllm developers
+options:
+  url:
+    description:
+      - Base URL of the server, without C(/v1).
+      - The default suits the module running on the GPU host itself; delegated to the control node or
+        a bastion, give the host's address.
+    type: str
+    default: http://127.0.0.1:8000
+  model:
+    description:
+      - Served model name to check (vLLM's C(--served-model-name), or the model id when that is not set).
+      - When omitted, the first model the server lists is used.
+    type: str
+  api_key:
+    description:
+      - "Key sent as C(Authorization: Bearer), for servers started with C(--api-key) or C(VLLM_API_KEY)."
+      - Never printed, not even in failure messages.
+      - Falls back to the environment variables E(VLLM_API_KEY) and E(OPENAI_API_KEY).
+    type: str
+  timeout:
+    description:
+      - Seconds to wait for the server to become ready, counting the whole model download and load.
+    type: float
+    default: 600
+  request_timeout:
+    description: Seconds one HTTP request may take (a chat completion included).
+    type: float
+    default: 60
+  health_path:
+    description: Path of the health check. An empty string skips it and waits on the model list alone.
+    type: str
+    default: /health
+  chat:
+    description: Send a chat completion once the server is ready.
+    type: bool
+    default: true
+  stream:
+    description: Also send a streamed chat completion and measure the time to the first token.
+    type: bool
+    default: true
+  prompt:
+    description: The user message of the test request.
+    type: str
+    default: Say hello in one short sentence.
+  max_tokens:
+    description: C(max_tokens) of the test request.
+    type: int
+    default: 16
+  temperature:
+    description: C(temperature) of the test request.
+    type: float
+    default: 0.0
+  content_regex:
+    description: A regular expression the reply's content must match (Python C(re.search)).
+    type: str
+  container:
+    description:
+      - Name of the Docker container that serves the endpoint, when the module runs on its host.
+      - On failure, the container's state and the last O(container_log_lines) lines of its log are added to the message.
+    type: str
+  container_log_lines:
+    description: How many lines of the container's log to attach to a failure.
+    type: int
+    default: 30
+  headers:
+    description: Extra HTTP headers sent with every request.
+    type: dict
+    default: {}
+  validate_certs:
+    description: Verify the server's TLS certificate for C(https) URLs.
+    type: bool
+    default: true
+  ca_path:
+    description: PEM file of the certificate authority that signed the server's certificate.
+    type: path
+  client_cert:
+    description: PEM client certificate for mutual TLS.
+    type: path
+  client_key:
+    description: PEM private key of O(client_cert).
+    type: path
+  use_proxy:
+    description: Use the proxy given by the environment (E(https_proxy), E(http_proxy), E(no_proxy)).
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+notes:
+  - Uses C(ansible.module_utils.urls); the managed host needs no extra Python library.
+  - vLLM's C(--api-key) guards the C(/v1) paths only; C(/health) answers without a key.
+seealso:
+  - name: vLLM OpenAI-compatible server
+    description: The endpoints this module calls.
+    link: https://docs.vllm.ai/en/stable/serving/openai_compatible_server.html
+"""
+
+EXAMPLES = r"""
+- name: Verify the endpoint on the GPU host itself
+  llmops.vllm.verify_endpoint:
+    url: http://127.0.0.1:8000
+    model: Qwen/Qwen2.5-1.5B-Instruct
+    api_key: "{{ vllm_api_key }}"
+    container: vllm
+    timeout: 1800
+  no_log: false
+
+- name: Verify every host from the control node
+  llmops.vllm.verify_endpoint:
+    url: "http://{{ ansible_host }}:8000"
+    model: qwen2.5-1.5b
+    api_key: "{{ vllm_api_key }}"
+    content_regex: "(?i)hello"
+  delegate_to: localhost
+  register: verification
+
+- name: Only wait for readiness, no chat request
+  llmops.vllm.verify_endpoint:
+    url: https://llm.example.com
+    ca_path: /etc/pki/internal-ca.pem
+    chat: false
+"""
+
+RETURN = r"""
+url:
+  description: The base URL that was checked.
+  returned: always
+  type: str
+  sample: http://127.0.0.1:8000
+ready:
+  description: Whether the server became ready.
+  returned: always
+  type: bool
+  sample: true
+time_to_ready:
+  description: Seconds from the start of the module until the server was ready.
+  returned: success
+  type: float
+  sample: 71.4
+models:
+  description: The served model names listed by C(/v1/models).
+  returned: success
+  type: list
+  elements: str
+  sample: ["qwen2.5-1.5b"]
+model:
+  description: The served model name the requests used.
+  returned: success
+  type: str
+  sample: qwen2.5-1.5b
+version:
+  description: The server's version from C(GET /version), when it has that endpoint.
+  returned: success
+  type: str
+  sample: 0.32.0
+reply:
+  description: The content of the non-streamed chat completion.
+  returned: success and chat is true
+  type: str
+  sample: Hello! How can I help you today?
+chat:
+  description: Details of the non-streamed chat completion.
+  returned: success and chat is true
+  type: dict
+  contains:
+    content:
+      description: The assistant's reply.
+      type: str
+    finish_reason:
+      description: Why generation stopped (C(stop), C(length)).
+      type: str
+    latency:
+      description: Seconds the request took.
+      type: float
+    usage:
+      description: Token counts the server reported.
+      type: dict
+    tokens_per_second:
+      description: Completion tokens divided by the latency.
+      type: float
+  sample:
+    content: Hello there!
+    finish_reason: stop
+    latency: 0.41
+    usage: {prompt_tokens: 15, completion_tokens: 4, total_tokens: 19}
+    tokens_per_second: 9.76
+stream:
+  description: Details of the streamed chat completion.
+  returned: success and chat and stream are true
+  type: dict
+  contains:
+    content:
+      description: The content assembled from the chunks.
+      type: str
+    chunks:
+      description: Number of C(chat.completion.chunk) events received.
+      type: int
+    time_to_first_token:
+      description: Seconds from sending the request to the first chunk carrying content.
+      type: float
+    latency:
+      description: "Seconds until C(data: [DONE])."
+      type: float
+    finish_reason:
+      description: The finish reason of the last choice.
+      type: str
+  sample:
+    content: Hello there!
+    chunks: 6
+    time_to_first_token: 0.08
+    latency: 0.39
+    finish_reason: stop
+latency:
+  description: Seconds the non-streamed chat completion took.
+  returned: success and chat is true
+  type: float
+  sample: 0.41
+time_to_first_token:
+  description: Seconds to the first streamed token.
+  returned: success and chat and stream are true
+  type: float
+  sample: 0.08
+completion_tokens:
+  description: Completion tokens of the non-streamed request.
+  returned: success and chat is true
+  type: int
+  sample: 4
+tokens_per_second:
+  description: Completion tokens per second of the non-streamed request.
+  returned: success and chat is true
+  type: float
+  sample: 9.76
+last_seen:
+  description: On failure, what the last attempt saw (connection refused, an HTTP status, a timeout).
+  returned: failure
+  type: str
+  sample: connection refused
+container_log:
+  description: On failure with O(container) set, the last lines of the container's log.
+  returned: failure
+  type: list
+  elements: str
+"""
+
+import re
+import time
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback
+
+from ansible_collections.llmops.vllm.plugins.module_utils._openai_endpoint import Endpoint, EndpointError, error_detail
+
+
+class VerificationFailed(Exception):
+    def __init__(self, message, **facts):
+        super(VerificationFailed, self).__init__(message)
+        self.message = message
+        self.facts = facts
+
+
+def _round(seconds):
+    return round(seconds, 3)
+
+
+class Verifier(object):
+    """Readiness, chat and stream checks against one endpoint; clock and sleep are swappable for tests."""
+
+    # Poll quickly at first, then back off to at most this interval, so readiness is seen
+    # within about half a second while a long model load costs few requests.
+    FIRST_INTERVAL = 0.05
+    MAX_INTERVAL = 0.5
+
+    def __init__(self, endpoint, params, clock=None, sleep=None):
+        self.ep = endpoint
+        self.p = params
+        self.clock = clock or time.monotonic
+        self.sleep = sleep or time.sleep
+        self.started = self.clock()
+
+    # ---- readiness -------------------------------------------------------------------------------
+
+    def explain_wait_failure(self, last):
+        waited = self.clock() - self.started
+        url = self.ep.base_url
+        head = "%s did not become ready within %ss (waited %.0fs); last seen: %s." % (
+            url, _fmt_num(self.p["timeout"]), waited, last.summary() if last else "nothing")
+        if last is None:
+            return head
+        if last.kind == "refused":
+            return head + (
+                " Nothing accepts connections there. vLLM only listens once the model is loaded, so either the "
+                "model is still loading (raise timeout), or the container exited or restarts in a loop "
+                "(docker ps -a, docker logs), or the port is not published on this address (check the port mapping).")
+        if last.kind == "timeout":
+            return head + (" Connections hang: a firewall may drop them, or the server is overloaded. "
+                           "Check that the port is reachable from where this module runs.")
+        if last.kind == "tls":
+            return head + TLS_ADVICE
+        if last.kind == "dns":
+            return head + " The host name does not resolve from where this module runs: check the URL."
+        if last.kind == "http" and last.status == 503:
+            return head + (" The server answers but its engine is not healthy (503): the vLLM engine died or is "
+                           "restarting. The container log says why (often out of GPU memory).")
+        if last.kind == "http" and last.status == 404:
+            return head + (" %s answered 404: is this a vLLM server, and does the URL carry a path prefix it "
+                           "should not? Set health_path to '' for servers without /health." % last.url)
+        return head
+
+    def wait_ready(self):
+        interval = self.FIRST_INTERVAL
+        last = None
+        deadline = self.started + self.p["timeout"]
+        while True:
+            remaining = deadline - self.clock()
+            try:
+                return self._probe(max(min(self.p["request_timeout"], remaining), 0.5))
+            except EndpointError as e:
+                last = e
+                if e.kind == "http" and e.status in (401, 403):
+                    raise VerificationFailed(self.explain_auth(e), last_seen=e.summary())
+                if e.kind == "tls":
+                    raise VerificationFailed("%s: %s.%s" % (self.ep.base_url, e.message, TLS_ADVICE), last_seen=e.summary())
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise VerificationFailed(self.explain_wait_failure(last), last_seen=last.summary() if last else "")
+            self.sleep(min(interval, remaining))
+            interval = min(interval * 2, self.MAX_INTERVAL)
+
+    def _probe(self, timeout):
+        if self.p["health_path"]:
+            status, _, _ = self.ep.request_json("GET", self.p["health_path"], timeout=timeout)
+            if status != 200:
+                raise EndpointError("http", "HTTP %s from %s" % (status, self.ep.url(self.p["health_path"])), status=status)
+        status, data, text = self.ep.request_json("GET", "/v1/models", timeout=timeout)
+        try:
+            models = [entry["id"] for entry in data["data"]]
+        except (TypeError, KeyError):
+            raise VerificationFailed("%s/v1/models answered, but not with an OpenAI model list: %s" % (self.ep.base_url, text[:300]),
+                                     last_seen="HTTP %s" % status)
+        ready_at = self.clock() - self.started
+        wanted = self.p["model"]
+        if wanted and wanted not in models:
+            raise VerificationFailed(
+                "%s is ready but does not serve the model '%s'. It serves: %s. Use one of these names "
+                "(vLLM names a model by --served-model-name, or by the model id when that is not set)."
+                % (self.ep.base_url, wanted, ", ".join(models) or "nothing"),
+                models=models, time_to_ready=_round(ready_at))
+        if not models:
+            raise VerificationFailed("%s is ready but lists no models at /v1/models." % self.ep.base_url, models=models)
+        return models, ready_at
+
+    def explain_auth(self, e):
+        if self.ep.api_key:
+            return ("%s refused the API key (HTTP %s at %s). Give the key the server was started with "
+                    "(vLLM's --api-key or VLLM_API_KEY); the key itself is not shown here." % (self.ep.base_url, e.status, e.url))
+        return ("%s requires an API key (HTTP %s at %s), and none was given. Set api_key (or VLLM_API_KEY) "
+                "to the key the server was started with." % (self.ep.base_url, e.status, e.url))
+
+    # ---- chat ------------------------------------------------------------------------------------
+
+    def request_body(self, model, stream):
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": self.p["prompt"]}],
+            "max_tokens": self.p["max_tokens"],
+            "temperature": self.p["temperature"],
+        }
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def explain_chat_error(self, e, model, what):
+        url = self.ep.base_url
+        detail = error_detail(e.body) if e.kind == "http" else ""
+        if e.kind == "http" and e.status in (401, 403):
+            return self.explain_auth(e)
+        if e.kind == "http" and e.status == 404:
+            return ("%s: the %s for model '%s' answered 404 (%s). The server does not serve that name; "
+                    "its /v1/models lists what it does." % (url, what, model, detail or "not found"))
+        if e.kind == "http" and e.status == 400 and "chat template" in detail.lower():
+            return ("%s: the model '%s' has no chat template, so vLLM cannot answer /v1/chat/completions (%s). "
+                    "Give vLLM a template with the chat-template option, use a chat/instruct variant of the model, "
+                    "or call the completions API (/v1/completions) instead." % (url, model, detail))
+        if e.kind == "http":
+            return "%s: the %s failed with HTTP %s: %s" % (url, what, e.status, detail or "no details in the answer")
+        if e.kind == "timeout":
+            return ("%s: the %s did not finish within %ss. The server is up but slow (overloaded, or a long "
+                    "max_tokens); raise request_timeout or lower max_tokens." % (url, what, _fmt_num(self.p["request_timeout"])))
+        if e.kind in ("reset", "refused"):
+            return ("%s: the %s broke off (%s). The server went away in the middle of the request: "
+                    "the container may have crashed or restarted (see its log)." % (url, what, e.message))
+        if e.kind == "tls":
+            return "%s: %s.%s" % (url, e.message, TLS_ADVICE)
+        return "%s: the %s failed: %s" % (url, what, e.message)
+
+    def chat(self, model):
+        started = self.clock()
+        try:
+            _, data, text = self.ep.request_json("POST", "/v1/chat/completions", body=self.request_body(model, False))
+        except EndpointError as e:
+            raise VerificationFailed(self.explain_chat_error(e, model, "chat completion"), last_seen=e.summary())
+        latency = self.clock() - started
+        problems = check_completion_shape(data)
+        if problems:
+            raise VerificationFailed("%s: the chat completion does not have the OpenAI shape: %s. Answer: %s"
+                                     % (self.ep.base_url, "; ".join(problems), text[:500]))
+        choice = data["choices"][0]
+        content = choice["message"]["content"]
+        self.check_regex(content, "chat completion")
+        usage = data["usage"]
+        return dict(
+            content=content,
+            finish_reason=choice.get("finish_reason"),
+            latency=_round(latency),
+            usage=usage,
+            tokens_per_second=_round(usage["completion_tokens"] / latency) if latency > 0 else None,
+            id=data.get("id"),
+        )
+
+    def stream(self, model):
+        pieces = []
+        chunks = 0
+        ttft = None
+        finish_reason = None
+        usage = None
+        done = False
+        started = self.clock()
+        try:
+            for _, payload in self.ep.stream_events("/v1/chat/completions", self.request_body(model, True)):
+                if payload == "[DONE]":
+                    done = True
+                    break
+                chunk = _json_or_none(payload)
+                if not isinstance(chunk, dict) or chunk.get("object") != "chat.completion.chunk":
+                    raise VerificationFailed("%s: a streamed event is not a chat.completion.chunk: %s" % (self.ep.base_url, payload[:300]))
+                chunks += 1
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        if ttft is None:
+                            ttft = self.clock() - started
+                        pieces.append(delta)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+        except EndpointError as e:
+            raise VerificationFailed(self.explain_chat_error(e, model, "streamed chat completion"), last_seen=e.summary())
+        latency = self.clock() - started
+        content = "".join(pieces)
+        if not done:
+            raise VerificationFailed(
+                "%s: the streamed chat completion ended after %d chunks without 'data: [DONE]'. The server closed the "
+                "stream early: it may have crashed or restarted in the middle of the reply (see the container log)."
+                % (self.ep.base_url, chunks))
+        if not content.strip():
+            raise VerificationFailed("%s: the streamed chat completion assembled into empty content (%d chunks)."
+                                     % (self.ep.base_url, chunks))
+        self.check_regex(content, "streamed chat completion")
+        result = dict(content=content, chunks=chunks, time_to_first_token=_round(ttft), latency=_round(latency),
+                      finish_reason=finish_reason)
+        if usage:
+            result["usage"] = usage
+            generation = latency - ttft
+            if usage.get("completion_tokens", 0) > 1 and generation > 0:
+                result["tokens_per_second"] = _round((usage["completion_tokens"] - 1) / generation)
+        return result
+
+    def check_regex(self, content, what):
+        pattern = self.p["content_regex"]
+        if pattern and not re.search(pattern, content):
+            raise VerificationFailed("%s: the %s's content does not match %r. Content: %r"
+                                     % (self.ep.base_url, what, pattern, content[:500]))
+
+    def version(self):
+        try:
+            _, data, _ = self.ep.request_json("GET", "/version", timeout=min(self.p["request_timeout"], 10))
+        except EndpointError:
+            return None
+        return data.get("version") if isinstance(data, dict) else None
+
+
+TLS_ADVICE = (" The server's certificate could not be verified: set ca_path to the CA that signed it, client_cert/client_key "
+              "if it asks for a client certificate, or validate_certs: false for a test endpoint only.")
+
+
+def _fmt_num(value):
+    return ("%d" % value) if float(value).is_integer() else ("%s" % value)
+
+
+def _json_or_none(text):
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def check_completion_shape(data):
+    """List what makes data not an OpenAI chat.completion (empty when it is one)."""
+    problems = []
+    if not isinstance(data, dict):
+        return ["the answer is not a JSON object"]
+    if data.get("object") != "chat.completion":
+        problems.append("object is %r, not 'chat.completion'" % data.get("object"))
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        problems.append("choices is empty or missing")
+    else:
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        if not isinstance(message, dict):
+            problems.append("choices[0].message is missing")
+        else:
+            if message.get("role") != "assistant":
+                problems.append("choices[0].message.role is %r, not 'assistant'" % message.get("role"))
+            content = message.get("content")
+            if not isinstance(content, str) or not content.strip():
+                problems.append("choices[0].message.content is empty")
+        if not choices[0].get("finish_reason"):
+            problems.append("choices[0].finish_reason is missing")
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        problems.append("usage is missing")
+    else:
+        counts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")]
+        if not all(isinstance(c, int) for c in counts):
+            problems.append("usage lacks prompt_tokens, completion_tokens or total_tokens")
+        elif counts[0] + counts[1] != counts[2]:
+            problems.append("usage does not add up: %d + %d != %d" % tuple(counts))
+        elif counts[1] < 1:
+            problems.append("usage counts no completion tokens")
+    return problems
+
+
+def container_diagnostics(module, name, lines):
+    """State and log tail of a local container, for failure messages; empty when docker is not usable here."""
+    docker = module.get_bin_path("docker")
+    if not docker:
+        return None, []
+    rc, out, err = module.run_command([docker, "inspect", "--format",
+                                       "{{.State.Status}} (exit code {{.State.ExitCode}}, restarted {{.RestartCount}} times)", name])
+    state = out.strip() if rc == 0 else "not found (%s)" % (err.strip() or "docker inspect failed")
+    rc, out, err = module.run_command([docker, "logs", "--tail", str(lines), name])
+    log = (out + err).splitlines()[-lines:] if rc == 0 else []
+    return state, log
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", default="http://127.0.0.1:8000"),
+            model=dict(type="str"),
+            api_key=dict(type="str", no_log=True, fallback=(env_fallback, ["VLLM_API_KEY", "OPENAI_API_KEY"])),
+            timeout=dict(type="float", default=600),
+            request_timeout=dict(type="float", default=60),
+            health_path=dict(type="str", default="/health"),
+            chat=dict(type="bool", default=True),
+            stream=dict(type="bool", default=True),
+            prompt=dict(type="str", default="Say hello in one short sentence."),
+            max_tokens=dict(type="int", default=16),
+            temperature=dict(type="float", default=0.0),
+            content_regex=dict(type="str"),
+            container=dict(type="str"),
+            container_log_lines=dict(type="int", default=30),
+            headers=dict(type="dict", default={}),
+            validate_certs=dict(type="bool", default=True),
+            ca_path=dict(type="path"),
+            client_cert=dict(type="path"),
+            client_key=dict(type="path", no_log=False),
+            use_proxy=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not re.match(r"^https?://[^/\s]+", p["url"]):
+        module.fail_json(msg="url must start with http:// or https:// and name a host, not %r" % p["url"], ready=False)
+    if p["content_regex"]:
+        try:
+            re.compile(p["content_regex"])
+        except re.error as e:
+            module.fail_json(msg="content_regex is not a valid regular expression: %s" % e, ready=False)
+    if p["timeout"] <= 0 or p["request_timeout"] <= 0:
+        module.fail_json(msg="timeout and request_timeout must be positive numbers of seconds", ready=False)
+
+    endpoint = Endpoint(p["url"], api_key=p["api_key"], headers=p["headers"], validate_certs=p["validate_certs"],
+                        ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"],
+                        use_proxy=p["use_proxy"], request_timeout=p["request_timeout"])
+    verifier = Verifier(endpoint, p)
+    result = dict(changed=False, url=endpoint.base_url, ready=False)
+    try:
+        models, ready_at = verifier.wait_ready()
+        result.update(ready=True, time_to_ready=_round(ready_at), models=models, model=p["model"] or models[0])
+        result["version"] = verifier.version()
+        if p["chat"]:
+            chat = verifier.chat(result["model"])
+            result.update(chat=chat, reply=chat["content"], latency=chat["latency"],
+                          completion_tokens=chat["usage"]["completion_tokens"], tokens_per_second=chat["tokens_per_second"])
+            if p["stream"]:
+                stream = verifier.stream(result["model"])
+                result.update(stream=stream, time_to_first_token=stream["time_to_first_token"])
+    except VerificationFailed as e:
+        result.update(e.facts)
+        msg = e.message
+        if p["container"]:
+            state, log = container_diagnostics(module, p["container"], p["container_log_lines"])
+            if state is not None:
+                result["container_log"] = log
+                msg += " Container %s: %s." % (p["container"], state)
+                if log:
+                    msg += " Last log lines:\n" + "\n".join(log)
+        module.fail_json(msg=msg, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
