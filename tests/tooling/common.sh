@@ -1,0 +1,61 @@
+# Shared helpers for the scripts in tests/tooling. Sourced, never executed.
+# shellcheck shell=bash
+# The names below are used by the scripts that source this file.
+# shellcheck disable=SC2034
+
+TOOLING_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${TOOLING_DIR}/../.." && pwd)"
+IMAGES_DIR="${REPO_ROOT}/tests/images"
+PROG="$(basename "$0")"
+
+# Everything that is downloaded or built outside the git tree lives here, so
+# that `git status` stays clean and a second run reuses it.
+LLMOPS_TEST_CACHE="${LLMOPS_TEST_CACHE:-/var/cache/llmops-test}"
+
+# Image names shared by build-images, registry, tiny-model and the molecule scenarios.
+IMAGE_DEBIAN="llmops-test/debian12:latest"
+IMAGE_SYSTEMD="llmops-test/debian12-systemd:latest"
+IMAGE_REGISTRY="llmops-test/registry:latest"
+VLLM_VERSION="0.32.0"
+IMAGE_VLLM="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}"
+HASH_LABEL="org.llmops.recipe-hash"
+
+step() { printf '%s: %s\n' "${PROG}" "$*"; }
+die() {
+  printf '%s: error: %s\n' "${PROG}" "$*" >&2
+  exit 1
+}
+
+require_docker() {
+  docker info >/dev/null 2>&1 || die "docker does not answer; run tests/tooling/ensure-docker first"
+}
+
+# recipe_hash FILE... [-- EXTRA_STRING...]
+# sha256 over the repo-relative names and contents of FILEs plus any EXTRA
+# strings (hashes of parent images, versions), so that renaming a file or
+# changing a parent also changes the hash.
+recipe_hash() {
+  local f extra=()
+  local files=()
+  while (($#)); do
+    if [[ $1 == -- ]]; then
+      shift
+      extra=("$@")
+      break
+    fi
+    files+=("$1")
+    shift
+  done
+  {
+    for f in "${files[@]}"; do
+      [[ -f $f ]] || die "recipe file ${f} is missing"
+      printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "${f#"${REPO_ROOT}/"}"
+    done | LC_ALL=C sort -k2
+    if ((${#extra[@]})); then printf '%s\n' "${extra[@]}"; fi
+  } | sha256sum | cut -d' ' -f1
+}
+
+# image_hash IMAGE: the recipe hash label of a local image, empty when the image is absent.
+image_hash() {
+  docker image inspect --format "{{ index .Config.Labels \"${HASH_LABEL}\" }}" "$1" 2>/dev/null || true
+}
