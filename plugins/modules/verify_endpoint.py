@@ -300,11 +300,13 @@ class Verifier(object):
     FIRST_INTERVAL = 0.05
     MAX_INTERVAL = 0.5
 
-    def __init__(self, endpoint, params, clock=None, sleep=None):
+    def __init__(self, endpoint, params, clock=None, sleep=None, watch=None):
         self.ep = endpoint
         self.p = params
         self.clock = clock or time.monotonic
         self.sleep = sleep or time.sleep
+        # called between polls; raises VerificationFailed when waiting longer is pointless
+        self.watch = watch
         self.started = self.clock()
 
     # ---- readiness -------------------------------------------------------------------------------
@@ -321,6 +323,11 @@ class Verifier(object):
                 " Nothing accepts connections there. vLLM only listens once the model is loaded, so either the "
                 "model is still loading (raise timeout), or the container exited or restarts in a loop "
                 "(docker ps -a, docker logs), or the port is not published on this address (check the port mapping).")
+        if last.kind == "reset":
+            return head + (
+                " Something accepts connections but closes them without answering: Docker's port proxy is up while "
+                "vLLM inside the container does not listen yet (still loading the model: raise timeout) or keeps "
+                "crashing and restarting (docker ps -a, docker logs).")
         if last.kind == "timeout":
             return head + (" Connections hang: a firewall may drop them, or the server is overloaded. "
                            "Check that the port is reachable from where this module runs.")
@@ -350,6 +357,8 @@ class Verifier(object):
                     raise VerificationFailed(self.explain_auth(e), last_seen=e.summary())
                 if e.kind == "tls":
                     raise VerificationFailed("%s: %s.%s" % (self.ep.base_url, e.message, TLS_ADVICE), last_seen=e.summary())
+            if self.watch:
+                self.watch(self.clock() - self.started, last)
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise VerificationFailed(self.explain_wait_failure(last), last_seen=last.summary() if last else "")
@@ -564,17 +573,95 @@ def check_completion_shape(data):
     return problems
 
 
-def container_diagnostics(module, name, lines):
-    """State and log tail of a local container, for failure messages; empty when docker is not usable here."""
-    docker = module.get_bin_path("docker")
-    if not docker:
-        return None, []
-    rc, out, err = module.run_command([docker, "inspect", "--format",
-                                       "{{.State.Status}} (exit code {{.State.ExitCode}}, restarted {{.RestartCount}} times)", name])
-    state = out.strip() if rc == 0 else "not found (%s)" % (err.strip() or "docker inspect failed")
-    rc, out, err = module.run_command([docker, "logs", "--tail", str(lines), name])
-    log = (out + err).splitlines()[-lines:] if rc == 0 else []
-    return state, log
+ERROR_LINE = re.compile(r"\b((?:[A-Za-z_][\w.]*)?(?:Error|Exception)): (\S.*)$")
+
+
+def error_lines(log, limit=3):
+    """The distinct exception messages of a log ('RuntimeError: ...'), most recent last."""
+    seen = []
+    for line in log:
+        match = ERROR_LINE.search(line)
+        if match:
+            message = "%s: %s" % (match.group(1), match.group(2).strip())
+            if message in seen:
+                seen.remove(message)
+            seen.append(message)
+    return seen[-limit:]
+
+
+class Container(object):
+    """The local Docker container behind the endpoint, seen through the docker CLI."""
+
+    # a container that restarted this many times while we waited is crash-looping
+    RESTART_LOOP = 3
+    CHECK_EVERY = 5.0
+
+    def __init__(self, module, name, lines):
+        self.module = module
+        self.name = name
+        self.lines = lines
+        self.docker = module.get_bin_path("docker")
+        self.first_restarts = None
+        self.last_check = None
+
+    def state(self):
+        """(status, exit code, restart count), or None when docker cannot tell."""
+        if not self.docker:
+            return None
+        rc, out, _ = self.module.run_command(
+            [self.docker, "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", self.name])
+        parts = out.split()
+        if rc != 0 or len(parts) != 3:
+            return None
+        return parts[0], int(parts[1]), int(parts[2])
+
+    def describe(self):
+        if not self.docker:
+            return None
+        current = self.state()
+        if current is None:
+            return "not found on this host"
+        return "%s (exit code %d, restarted %d times)" % current
+
+    def log(self, lines):
+        if not self.docker:
+            return []
+        rc, out, err = self.module.run_command([self.docker, "logs", "--tail", str(lines), self.name])
+        return (out + err).splitlines() if rc == 0 else []
+
+    def watch(self, waited, last):
+        """Stop waiting for a container that exited for good or restarts in a loop."""
+        if self.docker is None or (self.last_check is not None and waited - self.last_check < self.CHECK_EVERY):
+            return
+        self.last_check = waited
+        current = self.state()
+        if current is None:
+            return
+        status, code, restarts = current
+        if self.first_restarts is None:
+            self.first_restarts = restarts
+        if status in ("exited", "dead"):
+            raise VerificationFailed("The container %s %s with exit code %d after %.0fs, so the endpoint cannot become ready."
+                                     % (self.name, status, code, waited), last_seen=last.summary() if last else "")
+        if restarts - self.first_restarts >= self.RESTART_LOOP:
+            raise VerificationFailed("The container %s restarted %d times in %.0fs: vLLM crashes at start, so waiting longer "
+                                     "will not help." % (self.name, restarts - self.first_restarts, waited),
+                                     last_seen=last.summary() if last else "")
+
+    def explain(self, result):
+        """Text to append to a failure message; also fills result['container_log']."""
+        state = self.describe()
+        if state is None:
+            return ""
+        log = self.log(max(self.lines, 300))
+        result["container_log"] = log[-self.lines:]
+        text = " Container %s: %s." % (self.name, state)
+        errors = error_lines(log)
+        if errors:
+            text += " Errors in its log: " + " | ".join(errors)
+        if result["container_log"]:
+            text += "\nLast log lines:\n" + "\n".join(result["container_log"])
+        return text
 
 
 def main():
@@ -617,7 +704,8 @@ def main():
     endpoint = Endpoint(p["url"], api_key=p["api_key"], headers=p["headers"], validate_certs=p["validate_certs"],
                         ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"],
                         use_proxy=p["use_proxy"], request_timeout=p["request_timeout"])
-    verifier = Verifier(endpoint, p)
+    container = Container(module, p["container"], p["container_log_lines"]) if p["container"] else None
+    verifier = Verifier(endpoint, p, watch=container.watch if container else None)
     result = dict(changed=False, url=endpoint.base_url, ready=False)
     try:
         models, ready_at = verifier.wait_ready()
@@ -633,13 +721,8 @@ def main():
     except VerificationFailed as e:
         result.update(e.facts)
         msg = e.message
-        if p["container"]:
-            state, log = container_diagnostics(module, p["container"], p["container_log_lines"])
-            if state is not None:
-                result["container_log"] = log
-                msg += " Container %s: %s." % (p["container"], state)
-                if log:
-                    msg += " Last log lines:\n" + "\n".join(log)
+        if container:
+            msg += container.explain(result)
         module.fail_json(msg=msg, **result)
     module.exit_json(**result)
 

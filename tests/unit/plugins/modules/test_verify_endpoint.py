@@ -318,21 +318,72 @@ def test_bad_url_is_refused_before_any_request(run_module, server):
     assert kind == "fail" and "must start with http://" in result["msg"] and fake.calls == []
 
 
-def test_container_log_is_attached_to_failures(run_module, server, monkeypatch):
+SHM_LOG = """INFO 11-24 21:51:30 [api_server.py:1] vLLM API server version 0.32.0
+ERROR 11-24 21:51:38 [core.py:1510]     raise RuntimeError(
+ERROR 11-24 21:51:38 [core.py:1510] RuntimeError: Insufficient space in /dev/shm for shared-memory allocation: 160 MiB required, 64 MiB free.
+Traceback (most recent call last):
+  File "/opt/venv/lib/python3.11/site-packages/vllm/v1/engine/utils.py", line 1431, in wait_for_engine_startup
+    raise RuntimeError(
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
+
+@pytest.fixture
+def docker_cli(monkeypatch):
+    """A docker CLI whose `inspect` answers from a script of states and whose `logs` prints SHM_LOG."""
+
+    def install(states):
+        states = list(states)
+        monkeypatch.setattr(mod.AnsibleModule, "get_bin_path", lambda self, name, *a, **k: "/usr/bin/docker")
+
+        def run_command(self, args, **kwargs):
+            if args[1] == "inspect":
+                state = states.pop(0) if len(states) > 1 else states[0]
+                return 0, state + "\n", ""
+            return 0, SHM_LOG, ""
+
+        monkeypatch.setattr(mod.AnsibleModule, "run_command", run_command)
+
+    return install
+
+
+def test_container_state_errors_and_log_are_attached_to_failures(run_module, server, docker_cli):
     server({("GET", "/health"): refused()})
-    monkeypatch.setattr(mod.AnsibleModule, "get_bin_path", lambda self, name, *a, **k: "/usr/bin/docker")
-
-    def run_command(self, args, **kwargs):
-        if args[1] == "inspect":
-            return 0, "exited (exit code 1, restarted 3 times)\n", ""
-        return 0, "INFO starting\nERROR torch.OutOfMemoryError: CUDA out of memory\n", ""
-
-    monkeypatch.setattr(mod.AnsibleModule, "run_command", run_command)
-    kind, result = run_module(mod.main, dict(ARGS, container="vllm"))
+    docker_cli(["running 0 0"])
+    kind, result = run_module(mod.main, dict(ARGS, container="vllm", container_log_lines=3))
     assert kind == "fail"
-    assert "Container vllm: exited (exit code 1, restarted 3 times)" in result["msg"]
-    assert "CUDA out of memory" in result["msg"]
-    assert result["container_log"][-1].startswith("ERROR torch.OutOfMemoryError")
+    assert "Container vllm: running (exit code 0, restarted 0 times)" in result["msg"]
+    assert ("Errors in its log: RuntimeError: Insufficient space in /dev/shm for shared-memory allocation: 160 MiB required, "
+            "64 MiB free. | RuntimeError: Engine core initialization failed.") in result["msg"]
+    assert result["container_log"][-1].startswith("RuntimeError: Engine core initialization failed")
+    assert len(result["container_log"]) == 3
+
+
+def test_an_exited_container_fails_at_once(run_module, server, docker_cli, clock):
+    server({("GET", "/health"): refused()})
+    docker_cli(["running 0 0", "exited 1 0"])
+    kind, result = run_module(mod.main, dict(ARGS, container="vllm", timeout=600))
+    assert kind == "fail"
+    assert "The container vllm exited with exit code 1" in result["msg"]
+    assert clock.now - 1000.0 < 30, "must not wait for the whole timeout"
+
+
+def test_a_crash_looping_container_fails_early(run_module, server, docker_cli, clock):
+    server({("GET", "/health"): URLError(ConnectionResetError(104, "reset"))})
+    docker_cli(["restarting 1 5", "running 0 6", "running 0 7", "restarting 1 8"])
+    kind, result = run_module(mod.main, dict(ARGS, container="vllm", timeout=600))
+    assert kind == "fail"
+    assert "restarted 3 times" in result["msg"] and "crashes at start" in result["msg"]
+    assert clock.now - 1000.0 < 60
+
+
+def test_proxy_without_server_behind_it(run_module, server):
+    from http.client import RemoteDisconnected
+
+    server({("GET", "/health"): RemoteDisconnected("Remote end closed connection without response")})
+    kind, result = run_module(mod.main, ARGS)
+    assert kind == "fail"
+    assert "closes them without answering" in result["msg"] and "port proxy" in result["msg"]
 
 
 @pytest.mark.parametrize("ready_after", [0.3, 7.77, 95.0, 599.0])
