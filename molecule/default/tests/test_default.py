@@ -1,0 +1,104 @@
+"""The default scenario: a bare Debian 12 host turned into a verified vLLM endpoint."""
+
+import json
+
+import openai
+import pytest
+from llmops_testlib import MODEL, TEST_API_KEY, daemon_json, docker_info, inspect_container, outer_address, registry_digest, verify
+
+MIRROR = "http://llmops-registry:5000"
+IMAGE = "vllm/vllm-openai-cpu:v0.32.0-x86_64"
+
+
+def test_docker_runs_and_starts_at_boot(host):
+    service = host.service("docker")
+    assert service.is_running and service.is_enabled
+    assert docker_info(host)["ServerVersion"]
+
+
+def test_daemon_json_has_the_mirror_live_restore_and_log_rotation(host):
+    config = daemon_json(host)
+    assert config["registry-mirrors"] == [MIRROR]
+    assert config["live-restore"] is True
+    assert config["log-opts"] == {"max-size": "100m", "max-file": "3"}
+    info = docker_info(host)
+    assert info["RegistryConfig"]["Mirrors"] == [MIRROR + "/"]
+    assert info["LiveRestoreEnabled"] is True
+
+
+def test_image_came_through_the_mirror(host):
+    # The image is a local build that exists nowhere but in the test registry: the digest the
+    # host recorded for it is the registry's, so the pull went through the mirror.
+    digests = json.loads(host.check_output("docker image inspect --format '{{json .RepoDigests}}' %s", IMAGE))
+    assert digests == ["vllm/vllm-openai-cpu@" + registry_digest("vllm/vllm-openai-cpu", "v0.32.0-x86_64")]
+
+
+@pytest.mark.parametrize(
+    "path, mode",
+    [("/data/vllm", 0o755), ("/data/vllm/models", 0o755), ("/data/vllm/logs", 0o755), ("/data/vllm/configs", 0o750)],
+)
+def test_directories(host, path, mode):
+    f = host.file(path)
+    assert f.is_directory and f.user == "root" and f.mode == mode
+
+
+def test_the_seeded_model_is_kept(host):
+    assert host.file("/data/vllm/models/hub/models--llmops-test--tiny-chat/refs/main").is_file
+
+
+def test_container_runs_with_the_expected_settings(host):
+    c = inspect_container(host, "vllm")
+    assert c["State"]["Running"] is True
+    assert c["Config"]["Image"] == IMAGE
+    hc = c["HostConfig"]
+    assert hc["IpcMode"] == "host"
+    assert hc["RestartPolicy"]["Name"] == "unless-stopped"
+    assert hc["PortBindings"] == {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000"}]}
+    assert not hc.get("DeviceRequests"), "a CPU-only host must not request GPUs"
+    mounts = {m["Destination"]: m for m in c["Mounts"]}
+    assert mounts["/root/.cache/huggingface"]["Source"] == "/data/vllm/models"
+    assert mounts["/var/log/vllm"]["Source"] == "/data/vllm/logs"
+    assert mounts["/etc/vllm"]["Source"] == "/data/vllm/configs" and mounts["/etc/vllm"]["RW"] is False
+    assert c["Args"][-4:] == ["serve", "llmops-test/tiny-chat", "--config", "/etc/vllm/vllm.yaml"]
+
+
+def test_vllm_options_are_in_its_config_file(host):
+    f = host.file("/data/vllm/configs/vllm.yaml")
+    assert f.mode == 0o640
+    assert "served-model-name: tiny-chat" in f.content_string
+
+
+def test_api_key_is_in_a_root_only_file_and_nowhere_else(host):
+    secrets = host.file("/data/vllm/configs/vllm.env")
+    assert secrets.user == "root" and secrets.mode == 0o600
+    assert TEST_API_KEY in secrets.content_string
+    assert TEST_API_KEY not in host.check_output("docker inspect vllm")
+    assert TEST_API_KEY not in host.check_output("ps -eo args")
+
+
+def test_vllm_logs_to_the_logs_directory(host):
+    log = host.file("/data/vllm/logs/vllm.log")
+    assert log.is_file and "vllm" in log.content_string.lower()
+
+
+def test_module_verifies_the_endpoint(host):
+    result = verify(host, model=MODEL, api_key=TEST_API_KEY, container="vllm", timeout=300)
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["ready"] is True and result["models"] == [MODEL]
+    assert result["reply"].strip()
+    assert result["chat"]["usage"]["completion_tokens"] >= 1
+    assert result["stream"]["content"].strip()
+    assert result["version"].startswith("0.32.0")
+
+
+def test_module_reports_a_wrong_key(host):
+    result = verify(host, model=MODEL, api_key="wrong-key", timeout=30)
+    assert result["failed"] is True
+    assert "refused the API key" in result["msg"] and "wrong-key" not in result["msg"]
+
+
+def test_openai_client_gets_a_chat_reply(host):
+    client = openai.OpenAI(base_url="http://%s:8000/v1" % outer_address(host), api_key=TEST_API_KEY, timeout=120)
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
+    assert reply.choices[0].message.content.strip()
+    assert reply.usage.completion_tokens >= 1

@@ -1,0 +1,53 @@
+"""Helpers shared by the testinfra suites of the molecule scenarios."""
+
+import json
+import subprocess
+
+TEST_API_KEY = "llmops-test-key"  # inventories/local: not a secret, a throwaway test host
+MODEL = "tiny-chat"
+
+
+def inspect_container(host, name):
+    out = host.check_output("docker inspect %s", name)
+    return json.loads(out)[0]
+
+
+def daemon_json(host):
+    return json.loads(host.file("/etc/docker/daemon.json").content_string)
+
+
+def docker_info(host):
+    return json.loads(host.check_output("docker info --format '{{json .}}'"))
+
+
+def outer_address(host):
+    """The test host's address on the llmops-test network, as seen from the machine running molecule."""
+    name = host.backend.get_hostname()
+    out = subprocess.check_output(
+        ["docker", "inspect", "--format", "{{json .NetworkSettings.Networks}}", name], text=True)
+    return json.loads(out)["llmops-test"]["IPAddress"]
+
+
+def verify(host, **args):
+    """Run the collection's verify_endpoint module on the host; return its result."""
+    args.setdefault("url", "http://127.0.0.1:8000")
+    return host.ansible("llmops.vllm.verify_endpoint", " ".join("%s=%s" % (k, json.dumps(v) if not isinstance(v, str) else v)
+                                                                  for k, v in args.items()), check=False)
+
+
+def registry_digest(repository, tag, registry="http://127.0.0.1:5000"):
+    """Manifest digest of repository:tag in the local test registry."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        "%s/v2/%s/manifests/%s" % (registry, repository, tag),
+        method="HEAD",
+        headers={"Accept": ", ".join([
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+        ])},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Docker-Content-Digest"]
