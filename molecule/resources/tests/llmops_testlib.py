@@ -29,10 +29,15 @@ def outer_address(host):
 
 
 def verify(host, **args):
-    """Run the collection's verify_endpoint module on the host; return its result."""
+    """Run the collection's verify_endpoint module on the host; return its result.
+
+    testinfra drops the `failed` flag from ansible-core 2.19's results, so it is set here from
+    `msg`, which verify_endpoint returns only when it fails.
+    """
     args.setdefault("url", "http://127.0.0.1:8000")
-    return host.ansible("llmops.vllm.verify_endpoint", " ".join("%s=%s" % (k, json.dumps(v) if not isinstance(v, str) else v)
-                                                                  for k, v in args.items()), check=False)
+    result = host.backend.run_ansible("llmops.vllm.verify_endpoint", json.dumps(args), check=False)
+    result["failed"] = bool(result.get("failed")) or "msg" in result
+    return result
 
 
 def registry_digest(repository, tag, registry="http://127.0.0.1:5000"):
