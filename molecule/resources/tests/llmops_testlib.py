@@ -56,3 +56,38 @@ def registry_digest(repository, tag, registry="http://127.0.0.1:5000"):
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.headers["Docker-Content-Digest"]
+
+
+def run_playbook(playbook, extra_vars=None, check=False, verbosity=0):
+    """Run one of the collection's playbooks (e.g. "site.yml", "playbooks/upgrade.yml") against the
+    scenario's inventory; return the CompletedProcess with stdout and stderr joined in .output."""
+    import os
+
+    root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(root, playbook)]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    if check:
+        cmd += ["--check", "--diff"]
+    if verbosity:
+        cmd.append("-" + "v" * verbosity)
+    # molecule passes its provisioner's environment (ANSIBLE_CONFIG, collections path) to the tests
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def recap(output, host):
+    """The PLAY RECAP counters of one host, as a dict."""
+    import re
+
+    match = re.search(r"^%s\s+:\s+(.*)$" % re.escape(host), output, re.M)
+    assert match, "no recap line for %s in:\n%s" % (host, output[-3000:])
+    return dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1)))
+
+
+def containers(host):
+    """Managed vLLM containers on the host: name -> inspect data."""
+    names = host.check_output("docker ps -a --filter label=org.llmops.vllm.instance --format '{{.Names}}'").split()
+    return dict((name, inspect_container(host, name)) for name in names)
