@@ -4,6 +4,7 @@ import json
 import subprocess
 
 TEST_API_KEY = "llmops-test-key"  # inventories/local: not a secret, a throwaway test host
+TEST_HF_TOKEN = "hf_llmopsTestTokenNotReal"  # inventories/local: not a real token
 MODEL = "tiny-chat"
 
 
