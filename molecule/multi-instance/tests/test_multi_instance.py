@@ -32,6 +32,25 @@ def test_each_instance_answers_under_its_own_name(host):
         assert result["models"] == [model]
 
 
+def test_a_model_is_downloaded_once_before_its_server_starts(host):
+    stamp = host.file("/data/vllm/models/.downloaded/llmops-test--tiny-chat@main")
+    assert stamp.is_file and stamp.content_string.strip() == "llmops-test/tiny-chat main"
+    assert "vllm-small-download" not in host.check_output("docker ps -a --format '{{.Names}}'")
+
+
+def test_a_failed_download_is_reported_as_one_and_starts_nothing(host):
+    before = dict((n, (c["Id"], c["State"]["StartedAt"])) for n, c in containers(host).items())
+    listed = [{"name": "vllm-chat", "model": "llmops-test/tiny-chat", "served_model_name": "chat", "port": 8000},
+              {"name": "vllm-missing", "model": "llmops-test/not-there", "port": 8002, "download": True}]
+    result = run_playbook("site.yml", {"vllm_server_instances": listed})
+    assert result.returncode != 0
+    text = " ".join(result.output.split())
+    assert "Downloading llmops-test/not-there for instance vllm-missing on %s failed" % HOST in text
+    assert "offline mode is enabled" in text and "Nothing was started." in text
+    after = dict((n, (c["Id"], c["State"]["StartedAt"])) for n, c in containers(host).items())
+    assert after == before
+
+
 def test_a_failed_upgrade_is_rolled_back_and_stops_the_rollout(host):
     before = containers(host)
     state_before = host.file("/data/vllm/configs/state.json").content_string
