@@ -349,9 +349,11 @@ from ansible_collections.llmops.vllm.plugins.module_utils._openai_endpoint impor
 
 
 class VerificationFailed(Exception):
-    def __init__(self, message, **facts):
+    def __init__(self, message, went_away=False, **facts):
         super(VerificationFailed, self).__init__(message)
         self.message = message
+        # the server closed a connection in the middle of an answer: its container may be exiting right now
+        self.went_away = went_away
         self.facts = facts
 
 
@@ -526,7 +528,8 @@ class Verifier(object):
         try:
             dummy, data, text = self.ep.request_json("POST", "/v1/chat/completions", body=self.request_body(model, False))
         except EndpointError as e:
-            raise VerificationFailed(self.explain_chat_error(e, model, "chat completion"), last_seen=e.summary())
+            raise VerificationFailed(self.explain_chat_error(e, model, "chat completion"), went_away=e.kind == "reset",
+                                     last_seen=e.summary())
         latency = self.clock() - started
         problems = check_completion_shape(data)
         if problems:
@@ -579,13 +582,14 @@ class Verifier(object):
                         finish_reason = choice["finish_reason"]
         except EndpointError as e:
             if e.kind == "reset" and chunks:
-                raise VerificationFailed(self.explain_broken_stream(chunks, pieces, e.message), last_seen=e.summary())
-            raise VerificationFailed(self.explain_chat_error(e, model, "streamed chat completion"), last_seen=e.summary())
+                raise VerificationFailed(self.explain_broken_stream(chunks, pieces, e.message), went_away=True, last_seen=e.summary())
+            raise VerificationFailed(self.explain_chat_error(e, model, "streamed chat completion"), went_away=e.kind == "reset",
+                                     last_seen=e.summary())
         latency = self.clock() - started
         content = "".join(pieces)
         if not done:
             raise VerificationFailed(self.explain_broken_stream(chunks, pieces, "the server closed the connection"),
-                                     last_seen="stream closed without data: [DONE]")
+                                     went_away=True, last_seen="stream closed without data: [DONE]")
         if not content.strip():
             raise VerificationFailed("%s: the streamed chat completion assembled into empty content (%d chunks)."
                                      % (self.ep.base_url, chunks))
@@ -655,14 +659,24 @@ def check_completion_shape(data):
     return problems
 
 
-ERROR_LINE = re.compile(r"\b((?:[A-Za-z_][\w.]*)?(?:Error|Exception)): (\S.*)$")
+# vLLM's log prefix, "(EngineCore pid=24) ERROR 11-24 22:18:39 [core.py:1510] "; tracebacks have none.
+LOG_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\)\s+)?(?:(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?)?")
+# The last line of a Python traceback: "RuntimeError: ...", "huggingface_hub.errors.HFValidationError: ..."
+EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)): (\S.*)$")
 
 
 def error_lines(log, limit=3):
-    """The distinct exception messages of a log ('RuntimeError: ...'), most recent last."""
+    """The distinct exception messages of a log ('RuntimeError: ...'), most recent last.
+
+    Only lines that are an exception, alone or after an ERROR prefix: a warning that mentions an error
+    ("... can cause fd limit errors like `OSError: ...`") is not one.
+    """
     seen = []
     for line in log:
-        match = ERROR_LINE.search(line)
+        prefix = LOG_PREFIX.match(line)
+        if prefix.group(1) in ("DEBUG", "INFO", "WARNING"):
+            continue
+        match = EXCEPTION_LINE.match(line[prefix.end():].strip())
         if match:
             message = "%s: %s" % (match.group(1), match.group(2).strip())
             if message in seen:
@@ -678,6 +692,8 @@ class Container(object):
     RESTART_LOOP = 3
     # seconds between two looks at the container while waiting (each costs a docker inspect)
     CHECK_EVERY = 2.0
+    # after a connection broke off: how long Docker may take to report the container's exit or restart
+    SETTLE = 3.0
 
     def __init__(self, module, name, lines):
         self.module = module
@@ -732,8 +748,20 @@ class Container(object):
                                      "will not help." % (self.name, restarts - self.first_restarts, waited),
                                      last_seen=last.summary() if last else "")
 
-    def explain(self, result):
+    def settle(self):
+        """Wait a moment for a container whose server just went away to show it: the connection closes as the
+        process dies, a little before Docker reports the container exited or restarting."""
+        first = self.state()
+        deadline = time.monotonic() + self.SETTLE
+        current = first
+        while current is not None and current[0] == "running" and current[2] == first[2] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            current = self.state()
+
+    def explain(self, result, settle=False):
         """Text to append to a failure message; also fills result's container_state and container_log."""
+        if settle and self.docker:
+            self.settle()
         state = self.describe()
         result["container_state"] = state
         log = self.log(max(self.lines, 300))
@@ -813,7 +841,7 @@ def main():
         result.update(e.facts)
         msg = e.message
         if container:
-            msg += container.explain(result)
+            msg += container.explain(result, settle=e.went_away)
         module.fail_json(msg=msg, **result)
     module.exit_json(**result)
 

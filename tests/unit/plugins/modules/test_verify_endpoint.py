@@ -640,6 +640,24 @@ RuntimeError: Engine core initialization failed. See root cause above. Failed co
 """
 
 
+def test_only_exceptions_count_as_errors_in_the_log():
+    log = [
+        "(APIServer pid=1) WARNING 11-24 22:18:24 [system_utils.py:255] Found ulimit of 20000 and failed to automatically "
+        "increase with error current limit exceeds maximum limit. This can cause fd limit errors like `OSError: [Errno 24] "
+        "Too many open files`. Consider increasing with ulimit -n",
+        "(EngineCore_DP0 pid=24) ERROR 11-24 22:18:39 [core.py:1510] ValueError: Bfloat16 is only supported on GPUs",
+        "    raise HFValidationError(",
+        "huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': "
+        "'/models/does-not-exist'. Use `repo_type` argument if needed.",
+        "(EngineCore_DP0 pid=24) ERROR 11-24 22:18:39 [core.py:1510] ValueError: Bfloat16 is only supported on GPUs",
+    ]
+    assert mod.error_lines(log) == [
+        "huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': "
+        "'/models/does-not-exist'. Use `repo_type` argument if needed.",
+        "ValueError: Bfloat16 is only supported on GPUs",
+    ]
+
+
 @pytest.fixture
 def docker_cli(monkeypatch):
     """A docker CLI whose `inspect` answers from a script of states and whose `logs` prints SHM_LOG."""
@@ -712,11 +730,18 @@ def test_without_docker_the_failure_says_so(run_module, server, docker_cli):
     assert "Container vllm: unknown: there is no docker command where this module runs." in result["msg"]
 
 
-def test_the_container_explains_a_broken_stream(run_module, server, docker_cli):
+@pytest.mark.parametrize("states, seen", [
+    # the connection closes as the server dies, a moment before Docker reports the container exited
+    (["running 0 0", "running 0 0", "running 0 0", "exited 137 0"], "exited (exit code 137, restarted 0 times)"),
+    (["running 0 0", "restarting 137 1"], "restarting (exit code 137, restarted 1 times)"),
+    # a container that stays up is reported as it is, after a short wait
+    (["running 0 0"], "running (exit code 0, restarted 0 times)"),
+])
+def test_the_container_explains_a_broken_stream(run_module, server, docker_cli, clock, states, seen):
     lines = sse("Hel", "lo")[:4] + [ConnectionResetError(104, "Connection reset by peer")]
     server(ready_routes(stream=lines))
-    docker_cli(["exited 137 0"])
+    docker_cli(states)
     kind, result = run_module(mod.main, dict(ARGS, container="vllm"))
     assert kind == "fail"
     assert "the streamed chat completion broke off after 2 chunks" in result["msg"]
-    assert "Container vllm: exited (exit code 137, restarted 0 times)." in result["msg"]
+    assert "Container vllm: %s." % seen in result["msg"] and result["container_state"] == seen
