@@ -374,6 +374,14 @@ def _json_or_none(text):
 
 TLS_ADVICE = (" The server's certificate could not be verified: set ca_path to the CA that signed it, client_cert/client_key "
               "if it asks for a client certificate, or validate_certs: false for a test endpoint only.")
+PLAIN_HTTP_ADVICE = " The server does not speak TLS on this port: use an http:// URL."
+
+
+def tls_advice(error):
+    # an https:// URL for a plain HTTP server fails in the handshake with these
+    if "WRONG_VERSION_NUMBER" in error.message or "record layer failure" in error.message:
+        return PLAIN_HTTP_ADVICE
+    return TLS_ADVICE
 
 
 class Verifier(object):
@@ -418,7 +426,7 @@ class Verifier(object):
             return head + (" Connections hang: a firewall may drop them, or the server is overloaded. "
                            "Check that the port is reachable from where this module runs.")
         if last.kind == "tls":
-            return head + TLS_ADVICE
+            return head + tls_advice(last)
         if last.kind == "dns":
             return head + " The host name does not resolve from where this module runs: check the URL."
         if last.kind == "http" and last.status == 503:
@@ -445,7 +453,7 @@ class Verifier(object):
                 if e.kind == "http" and e.status in (401, 403):
                     raise VerificationFailed(self.explain_auth(e), last_seen=e.summary())
                 if e.kind == "tls":
-                    raise VerificationFailed("%s: %s.%s" % (self.ep.base_url, e.message, TLS_ADVICE), last_seen=e.summary())
+                    raise VerificationFailed("%s: %s.%s" % (self.ep.base_url, e.message, tls_advice(e)), last_seen=e.summary())
             if self.watch:
                 self.watch(self.clock() - self.started, last)
             remaining = deadline - self.clock()
@@ -458,7 +466,8 @@ class Verifier(object):
         if self.p["health_path"]:
             status, dummy = self.ep.request("GET", self.p["health_path"], timeout=timeout)
             if status != 200:
-                raise EndpointError("http", "HTTP %s from %s" % (status, self.ep.url(self.p["health_path"])), status=status)
+                raise EndpointError("http", "HTTP %s from %s" % (status, self.ep.url(self.p["health_path"])), status=status,
+                                    url=self.ep.url(self.p["health_path"]))
         status, data, text = self.ep.request_json("GET", "/v1/models", timeout=timeout)
         try:
             models = [entry["id"] for entry in data["data"]]
@@ -521,7 +530,7 @@ class Verifier(object):
             return ("%s: the %s broke off (%s). The server went away in the middle of the request: "
                     "the container may have crashed, been killed or restarted (see its log)." % (url, what, e.message))
         if e.kind == "tls":
-            return "%s: %s.%s" % (url, e.message, TLS_ADVICE)
+            return "%s: %s.%s" % (url, e.message, tls_advice(e))
         return "%s: the %s failed: %s" % (url, what, e.message)
 
     def chat(self, model):

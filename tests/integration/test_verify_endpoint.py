@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vllm_testbed import API_KEY, ModuleRun, VllmContainer
+from vllm_testbed import API_KEY, ModuleRun, TlsProxy, VllmContainer
 
 WRONG_KEY = "sk-wrong-key-8f2e11"
 
@@ -85,6 +85,36 @@ def test_wrong_model_name(chat_server, run_module):
     assert result["msg"] == (
         "%s is ready but does not serve the model 'llmops-test/tiny-chat'. It serves: tiny-chat. Use one of these names "
         "(vLLM names a model by --served-model-name, or by the model id when that is not set)." % chat_server.url)
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(chat_server, tmp_path_factory):
+    proxy = TlsProxy(chat_server.port, tmp_path_factory.mktemp("tls"))
+    yield proxy
+    proxy.close()
+
+
+def test_tls_certificate_not_trusted(tls_proxy, run_module):
+    result, run = run_module({"url": tls_proxy.url, "model": "tiny-chat", "api_key": API_KEY, "timeout": 600})
+    assert result["failed"] and result["ready"] is False
+    assert result["msg"].startswith("%s: TLS error (" % tls_proxy.url) and "CERTIFICATE_VERIFY_FAILED" in result["msg"]
+    assert result["msg"].endswith(
+        "The server's certificate could not be verified: set ca_path to the CA that signed it, client_cert/client_key "
+        "if it asks for a client certificate, or validate_certs: false for a test endpoint only.")
+    assert run.elapsed < 30, "a certificate problem does not go away by waiting"
+
+
+def test_tls_with_the_ca_that_signed_the_certificate(tls_proxy, run_module):
+    result, run = run_module({"url": tls_proxy.url, "model": "tiny-chat", "api_key": API_KEY, "ca_path": tls_proxy.cert_path})
+    assert result["ready"] is True and result["reply"].strip() and result["stream"]["chunks"] > 1, result.get("msg")
+
+
+def test_https_url_for_the_plain_http_server(chat_server, run_module):
+    url = chat_server.url.replace("http://", "https://")
+    result, run = run_module({"url": url, "model": "tiny-chat", "api_key": API_KEY, "timeout": 600})
+    assert result["failed"]
+    assert result["msg"].startswith("%s: TLS error (" % url)
+    assert result["msg"].endswith("The server does not speak TLS on this port: use an http:// URL.")
 
 
 def test_model_without_chat_template(nochat_server, run_module):

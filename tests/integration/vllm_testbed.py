@@ -119,3 +119,79 @@ class ModuleRun(object):
         # what a person reads on failure; `ansible` exits 2 then
         assert (self.process.returncode == 2) == bool(result.get("failed")), (self.process.returncode, result)
         return result
+
+
+class TlsProxy(object):
+    """A TLS terminator in front of the vLLM server (what nginx or a load balancer does on a fleet), with a
+    self-signed certificate for 127.0.0.1 written to cert_path."""
+
+    def __init__(self, backend_port, directory):
+        import datetime
+        import ipaddress
+        import socket
+        import ssl
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmops-it-proxy")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        self.cert_path = os.path.join(str(directory), "proxy.pem")
+        key_path = os.path.join(str(directory), "proxy.key")
+        with open(self.cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_path, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_path, key_path)
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = "https://127.0.0.1:%d" % self.port
+
+        def pump(source, target):
+            try:
+                while True:
+                    data = source.recv(65536)
+                    if not data:
+                        break
+                    target.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (source, target):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def serve():
+            while True:
+                try:
+                    client, _ = self.listener.accept()
+                except OSError:
+                    return
+                try:
+                    client = context.wrap_socket(client, server_side=True)
+                except (OSError, ssl.SSLError):
+                    # a client that refuses the certificate: the case under test
+                    client.close()
+                    continue
+                backend = socket.create_connection(("127.0.0.1", backend_port))
+                threading.Thread(target=pump, args=(client, backend), daemon=True).start()
+                threading.Thread(target=pump, args=(backend, client), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.listener.close()

@@ -401,6 +401,15 @@ def test_tls_failure_gives_ca_advice_at_once(run_module, server, clock):
     assert len(fake.calls) == 1, "a certificate problem does not go away by waiting"
 
 
+def test_https_url_for_a_plain_http_server(run_module, server):
+    error = URLError(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"))
+    server({("GET", "/health"): error})
+    kind, result = run_module(mod.main, dict(ARGS, url="https://127.0.0.1:8000"))
+    assert kind == "fail"
+    assert result["msg"].startswith("https://127.0.0.1:8000: TLS error (")
+    assert result["msg"].endswith("The server does not speak TLS on this port: use an http:// URL.")
+
+
 # ---- the server is ready but refuses or does not serve the model ----------------------------------
 
 
