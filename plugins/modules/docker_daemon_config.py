@@ -24,7 +24,9 @@ description:
   - A file that is not a JSON object is never overwritten; the module fails and says where the
     file is broken.
 author:
-  - llmops.vllm developers
+  - llmops.vllm developers (@llmops)
+extends_documentation_fragment:
+  - llmops.vllm.attributes
 options:
   path:
     description: Path of the daemon configuration file.
@@ -65,7 +67,7 @@ attributes:
     support: full
 notes:
   - Docker reads this file only at start-up or on C(SIGHUP) for the keys it can reload; restarting
-    the daemon is the caller's job (a handler), and only when RV(changed) is true.
+    the daemon is the caller's job (a handler), and only when the module reports a change.
 seealso:
   - name: dockerd configuration file reference
     description: Every key Docker accepts in daemon.json.
