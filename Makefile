@@ -79,6 +79,6 @@ clean: demo-down
 	$(TOOLING)/registry down
 
 distclean: clean
-	-docker image rm llmops-test/vllm-openai-cpu:v0.32.0 llmops-test/debian12-systemd:latest llmops-test/debian12:latest llmops-test/registry:latest
+	-docker image rm llmops-test/vllm-openai-cpu:v0.32.0 llmops-test/vllm-openai-cpu:v0.32.0-broken llmops-test/debian12-systemd:latest llmops-test/debian12:latest llmops-test/registry:latest
 	-docker volume rm llmops-test-registry
 	rm -rf .cache $(VENV) /var/cache/llmops-test
