@@ -3,8 +3,9 @@
 The tests run in file order and change the host as they go."""
 
 import json
+import os
 
-from llmops_testlib import TEST_API_KEY, containers, recap, run_playbook, verify
+from llmops_testlib import TEST_API_KEY, aliased_inventory, containers, recap, run_playbook, verify
 
 HOST = "llmops-multi-instance"
 IMAGE = "vllm/vllm-openai-cpu:v0.32.0-x86_64"
@@ -51,15 +52,21 @@ def test_a_failed_download_is_reported_as_one_and_starts_nothing(host):
     assert after == before
 
 
-def test_a_failed_upgrade_is_rolled_back_and_stops_the_rollout(host):
+def test_a_failed_upgrade_is_rolled_back_and_stops_the_rollout(host, tmp_path):
     before = containers(host)
     state_before = host.file("/data/vllm/configs/state.json").content_string
-    result = run_playbook("playbooks/upgrade.yml", {"vllm_server_image": BROKEN})
+    # Two inventory names for this one container: the rollout's first and second host.
+    inventory = aliased_inventory(str(tmp_path), HOST, ["gpu-first", "gpu-second"],
+                                  os.path.join(os.path.dirname(__file__), "..", "host_vars", HOST + ".yml"))
+    result = run_playbook("playbooks/upgrade.yml", {"vllm_server_image": BROKEN}, inventory=inventory)
     assert result.returncode != 0
-    assert "The upgrade stopped at %s:" % HOST in result.output
-    assert "crashes at start" in result.output and "broken on purpose" in result.output
-    assert "previous instances (%s) were put back" % IMAGE in result.output
-    assert recap(result.output, HOST)["rescued"] == 1
+    text = " ".join(result.output.split())
+    assert "The upgrade stopped at gpu-first:" in text
+    assert "crashes at start" in text and "broken on purpose" in text
+    assert "previous instances (%s) were put back" % IMAGE in text
+    assert "Hosts after it in the rollout were not touched." in text
+    assert recap(result.output, "gpu-first")["rescued"] == 1
+    assert "[gpu-second]" not in result.output, "the rollout must stop at the first failed host"
     after = containers(host)
     assert sorted(after) == sorted(before)
     assert all(c["Config"]["Image"] == IMAGE for c in after.values())

@@ -59,13 +59,13 @@ def registry_digest(repository, tag, registry="http://127.0.0.1:5000"):
         return response.headers["Docker-Content-Digest"]
 
 
-def run_playbook(playbook, extra_vars=None, check=False, verbosity=0):
+def run_playbook(playbook, extra_vars=None, check=False, verbosity=0, inventory=None):
     """Run one of the collection's playbooks (e.g. "site.yml", "playbooks/upgrade.yml") against the
-    scenario's inventory; return the CompletedProcess with stdout and stderr joined in .output."""
+    scenario's inventory (or another); return the CompletedProcess with stdout and stderr in .output."""
     import os
 
     root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(root, playbook)]
+    cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(root, playbook)]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     if check:
@@ -92,3 +92,23 @@ def containers(host):
     """Managed vLLM containers on the host: name -> inspect data."""
     names = host.check_output("docker ps -a --filter label=org.llmops.vllm.instance --format '{{.Names}}'").split()
     return dict((name, inspect_container(host, name)) for name in names)
+
+
+def aliased_inventory(directory, real_host, aliases, host_vars_file=None):
+    """An inventory in directory where each alias is another name for the scenario's one container,
+    with the scenario's group_vars: several "hosts" of a rollout without more containers."""
+    import os
+
+    inventory_dir = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    os.makedirs(os.path.join(directory, "host_vars"), exist_ok=True)
+    os.symlink(os.path.realpath(os.path.join(inventory_dir, "group_vars")), os.path.join(directory, "group_vars"))
+    hosts = dict((alias, {"ansible_connection": "community.docker.docker", "ansible_host": real_host}) for alias in aliases)
+    with open(os.path.join(directory, "hosts.yml"), "w") as f:
+        json.dump({"gpu_hosts": {"hosts": hosts}}, f)
+    if host_vars_file:
+        with open(host_vars_file) as src:
+            content = src.read()
+        for alias in aliases:
+            with open(os.path.join(directory, "host_vars", alias + ".yml"), "w") as f:
+                f.write(content)
+    return directory
