@@ -12,9 +12,8 @@ short_description: What a host offers a vLLM deployment before anything changes 
 version_added: 0.1.0
 description:
   - Gathers, read-only, what the collection's preflight checks need and Ansible's facts do not have.
-  - B(Disk space.) For each entry of O(space), the file system that holds its path (or would hold it:
-    a path that does not exist yet is looked up through its nearest existing parent) and its free
-    space. Entries on the same file system are added up, so an image and a model that land on one
+  - B(Disk space.) For each entry of O(space), the file system that holds its path (a path that
+    does not exist yet is looked up through its nearest existing parent) and its free space. Entries on the same file system are added up, so an image and a model that land on one
     disk are checked against that disk's free space together.
   - B(Ports.) For each of O(ports), whether something listens on it (from C(/proc/net/tcp) and
     C(/proc/net/tcp6)), which processes (from C(ss -ltnp) when it is installed), and which Docker
@@ -42,6 +41,9 @@ options:
         description: What needs the space, for messages.
         type: str
         default: ""
+      unless_image:
+        description: No space is needed when this Docker image is already present (the space is for pulling it).
+        type: str
   ports:
     description: TCP ports to look at.
     type: list
@@ -66,7 +68,7 @@ EXAMPLES = r"""
 - name: Look at the host
   llmops.vllm.serving_host_info:
     space:
-      - {path: /var/lib/docker, bytes: "{{ 30 * 1024**3 }}", purpose: the vLLM image}
+      - {path: /var/lib/docker, bytes: "{{ 30 * 1024**3 }}", purpose: the vLLM image, unless_image: "vllm/vllm-openai:v0.32.0"}
       - {path: /data/vllm/models, bytes: "{{ 40 * 1024**3 }}", purpose: the models}
     ports: [8000]
     images: [vllm/vllm-openai:v0.32.0]
@@ -137,9 +139,11 @@ def free_bytes(path):
     return st.f_bavail * st.f_frsize
 
 
-def filesystems(space):
+def filesystems(space, present_images=None):
     by_device = {}
     for need in space:
+        if need.get("unless_image") and (present_images or {}).get(need["unless_image"]):
+            need = dict(need, bytes=0)
         existing, mount = mount_point(need["path"])
         device = os.stat(existing).st_dev
         fs = by_device.setdefault(device, {"mount": mount, "free_bytes": free_bytes(existing), "required_bytes": 0, "needs": []})
@@ -236,13 +240,16 @@ def main():
                 path=dict(type="path", required=True),
                 bytes=dict(type="int", required=True),
                 purpose=dict(type="str", default=""),
+                unless_image=dict(type="str"),
             )),
             ports=dict(type="list", elements="int", default=[]),
             images=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
-    docker, ps = docker_state(module, module.params["images"])
+    images = list(module.params["images"])
+    images += [n["unless_image"] for n in module.params["space"] if n.get("unless_image") and n["unless_image"] not in images]
+    docker, ps = docker_state(module, images)
 
     ports = []
     if module.params["ports"]:
@@ -262,7 +269,7 @@ def main():
                 "containers": published.get(port, []),
             })
 
-    module.exit_json(changed=False, filesystems=filesystems(module.params["space"]), ports=ports, docker=docker)
+    module.exit_json(changed=False, filesystems=filesystems(module.params["space"], docker["images"]), ports=ports, docker=docker)
 
 
 if __name__ == "__main__":

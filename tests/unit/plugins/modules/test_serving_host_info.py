@@ -83,3 +83,9 @@ def test_module_without_docker(run_module, monkeypatch, tmp_path):
     assert result["docker"]["installed"] is False and result["docker"]["answers"] is False
     assert result["ports"][0]["port"] == 1 and result["ports"][0]["containers"] == []
     assert result["filesystems"][0]["enough"] is True
+
+
+def test_an_image_that_is_present_needs_no_space(tmp_path):
+    need = {"path": str(tmp_path), "bytes": 10 ** 18, "purpose": "image", "unless_image": "vllm/vllm-openai:v0.32.0"}
+    assert mod.filesystems([need], {"vllm/vllm-openai:v0.32.0": True})[0]["enough"] is True
+    assert mod.filesystems([need], {"vllm/vllm-openai:v0.32.0": False})[0]["enough"] is False
