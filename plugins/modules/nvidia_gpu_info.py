@@ -19,7 +19,7 @@ description:
   - The CUDA version (the newest CUDA the driver supports) comes from the C(cuda_version) field
     where the driver has it, and otherwise from the banner of a plain C(nvidia-smi).
   - When a GPU is in MIG mode, its MIG devices come from C(nvidia-smi -L).
-  - A host without a working driver is not an error for this module: RV(available) is false and
+  - A host without a working driver is not an error for this module. RV(available) is false and
     RV(error) says what is wrong and what to do, unless O(require=true).
   - Changes nothing on the host.
 author:
