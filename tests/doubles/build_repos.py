@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the TEST DOUBLE package repositories (tests/doubles/README.md).
 
-    build_repos.py OUTDIR
+    build_repos.py OUTDIR DOCKER_IO_DEB
 
 writes, signed with a throwaway key generated on first use (OUTDIR/gnupg):
 
@@ -11,9 +11,11 @@ writes, signed with a throwaway key generated on first use (OUTDIR/gnupg):
       libnvidia-container1 at each of NVIDIA_VERSIONS, whose binaries are the fakes in nvidia/toolkit/
   OUTDIR/repos/docker/linux/debian/gpg                           the key, where Docker publishes its own
   OUTDIR/repos/docker/linux/debian/dists/bookworm/stable/...     an apt repository, Docker's layout, with
-      docker-ce and docker-ce-cli at each of DOCKER_VERSIONS (they depend on Debian's docker.io,
-      which provides the engine), containerd.io (depends on Debian's containerd),
-      docker-buildx-plugin and docker-compose-plugin (a fake CLI plugin)
+      docker-ce at each of DOCKER_VERSIONS: Debian's docker.io package (DOCKER_IO_DEB, the real
+      engine, built by Debian) renamed, with Docker's package relations (it conflicts with
+      docker.io and depends on docker-ce-cli and containerd.io); docker-ce-cli (empty: the CLI
+      is in docker-ce here); containerd.io (depends on Debian's containerd);
+      docker-buildx-plugin (empty) and docker-compose-plugin (a fake CLI plugin)
 
 Only dpkg-deb and gpg are needed. The packages are built with fixed timestamps; the
 repositories are rebuilt only when a file they are made from changes (OUTDIR/.recipe).
@@ -45,7 +47,7 @@ def sha256(path):
     return h.hexdigest()
 
 
-def recipe_hash():
+def recipe_hash(extra):
     h = hashlib.sha256()
     for root, dirs, files in os.walk(HERE):
         dirs.sort()
@@ -56,7 +58,7 @@ def recipe_hash():
             h.update(os.path.relpath(path, HERE).encode() + b"\0")
             with open(path, "rb") as f:
                 h.update(f.read())
-    h.update(repr((NVIDIA_VERSIONS, DOCKER_VERSIONS, DEBIAN_SUFFIX)).encode())
+    h.update(repr((NVIDIA_VERSIONS, DOCKER_VERSIONS, DEBIAN_SUFFIX, extra)).encode())
     return h.hexdigest()
 
 
@@ -218,7 +220,52 @@ def build_nvidia(out, gnupg, key):
                   ["Packages", "Packages.gz"], gnupg)
 
 
-def build_docker(out, gnupg, key):
+def repack_docker_io(docker_io, pool, version):
+    """Debian's docker.io as docker-ce: the same files and maintainer scripts, Docker's relations."""
+    stage = tempfile.mkdtemp(prefix="docker-ce-")
+    try:
+        subprocess.run(["dpkg-deb", "-R", docker_io, stage], check=True)
+        control_path = os.path.join(stage, "DEBIAN", "control")
+        fields, current = [], None
+        for line in open(control_path).read().splitlines():
+            if line.startswith((" ", "\t")) and current is not None:
+                fields[-1][1].append(line)
+            else:
+                name, _, value = line.partition(":")
+                current = name
+                fields.append([name, [value.strip()]])
+        source = {name: lines for name, lines in fields}
+        depends = source["Depends"][0] + ", docker-ce-cli, containerd.io"
+        upstream = source["Version"][0]
+        control = [
+            "Package: docker-ce",
+            "Version: %s" % version,
+            "Architecture: amd64",
+            "Maintainer: llmops.vllm test doubles <test-double@llmops.invalid>",
+            "Installed-Size: %s" % source["Installed-Size"][0],
+            "Pre-Depends: %s" % source["Pre-Depends"][0],
+            "Depends: %s" % depends,
+            "Conflicts: docker.io, docker-engine",
+            "Replaces: docker.io",
+            "Section: admin",
+            "Priority: optional",
+            "Description: TEST DOUBLE of docker-ce: Debian's docker.io %s under Docker's package name" % upstream,
+            " Built by llmops.vllm's tests/doubles/build_repos.py from Debian's package; the engine is %s," % upstream,
+            " whatever version this package claims.",
+        ]
+        with open(control_path, "w") as f:
+            f.write("\n".join(control) + "\n")
+        md5sums = os.path.join(stage, "DEBIAN", "md5sums")
+        if os.path.exists(md5sums):
+            os.remove(md5sums)
+        deb = os.path.join(pool, "docker-ce_%s_amd64.deb" % version.split(":")[-1])
+        subprocess.run(["dpkg-deb", "-Zgzip", "-z1", "--build", stage, deb], check=True, stdout=subprocess.DEVNULL)
+        return deb, "\n".join(control)
+    finally:
+        shutil.rmtree(stage)
+
+
+def build_docker(out, gnupg, key, docker_io):
     base = os.path.join(out, "docker", "linux", "debian")
     pool = os.path.join(base, "pool", "stable")
     index = os.path.join(base, "dists", "bookworm", "stable", "binary-amd64")
@@ -234,10 +281,8 @@ def build_docker(out, gnupg, key):
 
     for version in DOCKER_VERSIONS:
         full = "5:" + version + DEBIAN_SUFFIX
-        add(build_deb(pool, "docker-ce-cli", full, ["docker.io (>= 20.10.24)"], {},
-                      "Docker CLI; the double depends on Debian's docker.io, which provides it"))
-        add(build_deb(pool, "docker-ce", full, ["docker.io (>= 20.10.24)", "docker-ce-cli", "containerd.io"], {},
-                      "Docker Engine; the double depends on Debian's docker.io, which provides it"))
+        add(build_deb(pool, "docker-ce-cli", full, [], {}, "Docker CLI (empty double: docker-ce carries the CLI)"))
+        add(repack_docker_io(docker_io, pool, full))
     add(build_deb(pool, "containerd.io", "1.7.22-1", ["containerd"], {}, "containerd; the double depends on Debian's containerd"))
     add(build_deb(pool, "docker-buildx-plugin", "0.17.1" + DEBIAN_SUFFIX, [], {}, "Docker Buildx (empty double)"))
     add(build_deb(pool, "docker-compose-plugin", "2.29.7" + DEBIAN_SUFFIX, [], {
@@ -250,8 +295,8 @@ def build_docker(out, gnupg, key):
     ], ["stable/binary-amd64/Packages", "stable/binary-amd64/Packages.gz"], gnupg)
 
 
-def main(out):
-    recipe = recipe_hash()
+def main(out, docker_io):
+    recipe = recipe_hash(os.path.basename(docker_io))
     stamp = os.path.join(out, ".recipe")
     if os.path.exists(stamp) and open(stamp).read().strip() == recipe:
         print("build_repos: %s is up to date" % out)
@@ -261,7 +306,7 @@ def main(out):
     repos = os.path.join(out, "repos")
     shutil.rmtree(repos, ignore_errors=True)
     build_nvidia(repos, gnupg, key)
-    build_docker(repos, gnupg, key)
+    build_docker(repos, gnupg, key, docker_io)
     with open(stamp, "w") as f:
         f.write(recipe + "\n")
     print("build_repos: built the NVIDIA and Docker repository doubles in %s" % out)
@@ -269,6 +314,6 @@ def main(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 3:
         sys.exit(__doc__)
-    sys.exit(main(os.path.abspath(sys.argv[1])))
+    sys.exit(main(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])))
