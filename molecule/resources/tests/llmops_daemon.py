@@ -68,10 +68,14 @@ def restart_under_container(host, container, port, path="/"):
     return report
 
 
-def run_molecule_playbook_in_check_mode(playbook):
-    """Run a scenario's playbook with --check --diff against its instances; return (rc, output)."""
+def run_molecule_playbook(playbook, *args):
+    """Run a playbook against the scenario's instances, with molecule's inventory and settings; return (rc, output)."""
     env = dict(os.environ)
-    inventory = env["MOLECULE_INVENTORY_FILE"]
-    command = ["ansible-playbook", "--check", "--diff", "-i", inventory, playbook]
+    command = ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"]] + list(args) + [playbook]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     return done.returncode, done.stdout + done.stderr
+
+
+def run_molecule_playbook_in_check_mode(playbook):
+    """Run a scenario's playbook with --check --diff against its instances; return (rc, output)."""
+    return run_molecule_playbook(playbook, "--check", "--diff")
