@@ -1,6 +1,6 @@
 # The two commands of the README, and the steps they are made of.
 #   make demo   a local throwaway host served by site.yml, ending with a chat reply
-#   make test   lint, unit tests, molecule scenarios
+#   make test   lint, unit tests, sanity, integration tests against vLLM, molecule scenarios
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -15,11 +15,12 @@ export ANSIBLE_NOCOLOR ?= 1
 TOOLING := tests/tooling
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit molecule test
+.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration bench molecule test
 
 help:
 	@echo "make demo       serve the tiny test model on a local throwaway host through site.yml"
-	@echo "make test       lint, unit tests and every molecule scenario ($(SCENARIOS))"
+	@echo "make test       lint, unit, sanity and integration tests, and every molecule scenario ($(SCENARIOS))"
+	@echo "make bench      how soon verify_endpoint and an ansible.builtin.uri loop notice a vLLM start (minutes)"
 	@echo "make clean      remove what the demo and the tests started (containers), keep caches"
 	@echo "make distclean  also remove the test images, the registry's blobs, the caches and .venv"
 
@@ -56,16 +57,28 @@ lint: deps
 unit: deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
+# ansible-test sanity on the plugins, on a copy laid out as ansible_collections/llmops/vllm.
+sanity: deps
+	$(TOOLING)/sanity
+
+# verify_endpoint and the verify playbook against the real vLLM server (the CPU image, tiny models).
+integration: deps images models
+	$(BIN)/python -m pytest -v -p no:cacheprovider --durations=0 tests/integration
+
+# Not a test: prints how long after readiness each way of waiting returns.
+bench: deps images models
+	$(BIN)/python benchmarks/readiness.py
+
 molecule: testbed
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
 
-test: lint unit molecule
+test: lint unit sanity integration molecule
 
 clean: demo-down
 	-for scenario in $(SCENARIOS); do [ -x $(BIN)/molecule ] && molecule destroy --scenario-name "$$scenario"; done
 	$(TOOLING)/registry down
 
 distclean: clean
-	-docker image rm llmops-test/vllm-openai-cpu:v0.32.0 llmops-test/debian12-systemd:latest llmops-test/debian12:latest llmops-test/registry:latest
+	-docker image rm llmops-test/vllm-openai-cpu:v0.32.0 llmops-test/vllm-openai-cpu:v0.32.0-broken llmops-test/debian12-systemd:latest llmops-test/debian12:latest llmops-test/registry:latest
 	-docker volume rm llmops-test-registry
 	rm -rf .cache $(VENV) /var/cache/llmops-test

@@ -50,10 +50,20 @@ def render():
         if not os.path.exists(path):
             continue
         with open(path) as f:
-            spec = yaml.safe_load(f)["argument_specs"]["main"]
-        out += ["### `llmops.vllm.%s`" % role, "", describe(spec["short_description"]), "",
-                "| Variable | Default | Description |", "|---|---|---|"]
-        for name, option in spec["options"].items():
+            specs = yaml.safe_load(f)["argument_specs"]
+        spec = specs["main"]
+        options = dict(spec["options"])
+        entry_points = []
+        for entry, other in specs.items():
+            extra = dict((k, v) for k, v in other.get("options", {}).items() if k not in options)
+            if entry != "main" and other is not spec:
+                entry_points.append("`tasks_from: %s` (%s)" % (entry, describe(other["short_description"]).rstrip(".")))
+            options.update(extra)
+        out += ["### `llmops.vllm.%s`" % role, "", describe(spec["short_description"]), ""]
+        if entry_points:
+            out += ["Other entry points: %s." % "; ".join(entry_points), ""]
+        out += ["| Variable | Default | Description |", "|---|---|---|"]
+        for name, option in options.items():
             desc = describe(option.get("description", ""))
             if option.get("choices"):
                 desc += " One of: %s." % ", ".join("`%s`" % c for c in option["choices"])

@@ -67,6 +67,231 @@ def vllm_config(options):
     return rendered
 
 
+def _is_loopback(address):
+    return address in ("127.0.0.1", "::1", "localhost") or str(address).startswith("127.")
+
+
+def vllm_resolve_instances(instances, defaults, gpus_available=None):
+    """Fill each instance of vllm_server_instances in from the role's defaults and derive what follows.
+
+    gpus_available is the number of GPUs of the host when known (for gpus: all).
+    """
+    if not isinstance(instances, list):
+        raise AnsibleFilterError("vllm_server_instances must be a list, not %s" % type(instances).__name__)
+    resolved = []
+    for instance in instances:
+        if not isinstance(instance, dict):
+            raise AnsibleFilterError("each entry of vllm_server_instances must be a dictionary, not %r" % (instance,))
+        i = dict(defaults)
+        i.update(instance)
+        name = str(i.get("name", ""))
+        try:
+            port = int(i.get("port"))
+        except (TypeError, ValueError):
+            port = i.get("port")
+        options = dict(i.get("options") or {})
+        gpu_count = vllm_gpu_count(i.get("gpus"), gpus_available)
+        parallel_keys = {vllm_cli_key(k) for k in options}
+        # One vLLM instance spreads a model over its GPUs with tensor parallelism unless told otherwise.
+        if gpu_count > 1 and not parallel_keys & {"tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size"}:
+            options["tensor_parallel_size"] = gpu_count
+        bind = str(i.get("bind_address") or "0.0.0.0")
+        served = i.get("served_model_name") or i.get("model")
+        local_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+        i.update(
+            name=name,
+            port=port,
+            bind_address=bind,
+            served_model_name=served,
+            options=options,
+            gpu_count=gpu_count,
+            loopback_only=_is_loopback(bind),
+            config=dict([("served-model-name", served)] + sorted(vllm_config(options).items())),
+            config_file=name + ".yaml",
+            secrets_file=name + ".env",
+            logging_file=name + ".logging.json",
+            cache_volume=name + "-vllm-cache",
+            local_url="http://%s:%s" % ("[%s]" % local_host if ":" in local_host else local_host, port),
+        )
+        resolved.append(i)
+    return resolved
+
+
+def _version_tuple(text):
+    import re
+
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", str(text))
+    return tuple(int(g or 0) for g in match.groups()) if match else None
+
+
+def vllm_image_version(image):
+    """The vLLM version in an image tag such as vllm/vllm-openai:v0.32.0 or ...-cpu:v0.32.0-x86_64, or None."""
+    tag = str(image).rsplit("/", 1)[-1]
+    if ":" not in tag:
+        return None
+    version = _version_tuple(tag.split(":", 1)[1].split("@")[0])
+    return "%d.%d.%d" % version if version else None
+
+
+def vllm_pick_option_spec(known_versions, image):
+    """The option data version to check an image against: its own, else the newest older one, else the oldest."""
+    known = sorted((v for v in known_versions if _version_tuple(v)), key=_version_tuple)
+    if not known:
+        return None
+    wanted = _version_tuple(vllm_image_version(image) or "")
+    if wanted is None:
+        return known[-1]
+    older = [v for v in known if _version_tuple(v) <= wanted]
+    return older[-1] if older else known[0]
+
+
+DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "auto": 2}
+QUANTIZED_BYTES = {"fp8": 1, "fbgemm_fp8": 1, "experts_int8": 1, "int8_per_channel_weight_only": 1,
+                   "awq": 0.5, "awq_marlin": 0.5, "auto_awq": 0.5, "gptq": 0.5, "gptq_marlin": 0.5, "auto_gptq": 0.5,
+                   "mxfp4": 0.5, "modelopt_fp4": 0.5, "nvfp4_per_token": 0.5}
+
+
+def vllm_parameter_count(value):
+    """A parameter count from 8000000000, 8e9, "8B", "70b", "1.5B" or "560M"; None when empty."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip().upper()
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}.get(text[-1:])
+    try:
+        return float(text[:-1]) * scale if scale else float(text)
+    except ValueError:
+        raise AnsibleFilterError("parameters must be a count such as 8e9 or '8B', not %r" % (value,))
+
+
+def vllm_weight_bytes(instance, file_bytes=0):
+    """(bytes, how it was estimated) for an instance's weights: the model's files, else parameters x dtype."""
+    if file_bytes:
+        return int(file_bytes), "the size of its weight files"
+    params = vllm_parameter_count(instance.get("parameters"))
+    if not params:
+        return 0, ""
+    options = dict((vllm_cli_key(k), v) for k, v in (instance.get("options") or {}).items())
+    if options.get("quantization") in QUANTIZED_BYTES:
+        per = QUANTIZED_BYTES[options["quantization"]]
+        how = "%s parameters at %s bytes each (%s)" % (instance.get("parameters"), per, options["quantization"])
+    else:
+        per = DTYPE_BYTES.get(str(options.get("dtype", "auto")), 2)
+        how = "%s parameters at %s bytes each (dtype %s)" % (instance.get("parameters"), per, options.get("dtype", "auto"))
+    return int(params * per), how
+
+
+def vllm_fit_problem(instance, gpu_memory_mib, file_bytes=0):
+    """A sentence when the instance's weights cannot fit into its GPUs at its gpu_memory_utilization, else ''.
+
+    gpu_memory_mib lists the total memory of each GPU the instance gets. An estimate: vLLM also needs
+    room for activations and the KV cache, so passing this check does not prove the model starts.
+    """
+    weights, how = vllm_weight_bytes(instance, file_bytes)
+    if not weights or not gpu_memory_mib:
+        return ""
+    options = dict((vllm_cli_key(k), v) for k, v in (instance.get("options") or {}).items())
+    utilization = float(options.get("gpu-memory-utilization", 0.9))
+    shards = int(options.get("tensor-parallel-size", 1)) * int(options.get("pipeline-parallel-size", 1))
+    shards = max(1, min(shards, len(gpu_memory_mib)))
+    per_gpu_needed = weights / shards
+    per_gpu_usable = min(float(m) for m in gpu_memory_mib) * 1024 * 1024 * utilization
+    if per_gpu_needed <= per_gpu_usable:
+        return ""
+    gib = 1024.0 ** 3
+    return ("%s needs about %.1f GiB of weights per GPU (an estimate from %s, over %d GPU%s), but each of its GPUs "
+            "offers %.1f GiB at gpu_memory_utilization %s. Give it more GPUs (gpus; tensor_parallel_size follows), "
+            "a quantized model, or a higher gpu_memory_utilization." % (
+                instance.get("name"), per_gpu_needed / gib, how, shards, "" if shards == 1 else "s",
+                per_gpu_usable / gib, utilization))
+
+
+# What an instance needs to be created again exactly (upgrade.yml's rollback); never a secret.
+STATE_KEYS = ("name", "model", "served_model_name", "port", "bind_address", "gpus", "options", "env", "image",
+              "download", "revision", "parameters")
+
+
+def vllm_instance_state(instances):
+    """The instances reduced to what recreates them, for the role's state file."""
+    return [dict((k, i[k]) for k in STATE_KEYS if k in i) for i in instances]
+
+
+# Keys the role sets itself; an instance gives them through its own fields.
+MANAGED_OPTIONS = {
+    "model": "the instance's model",
+    "served-model-name": "the instance's served_model_name",
+    "port": "the instance's port (the container always listens on 8000)",
+    "host": "the instance's bind_address",
+    "config": "the role (it writes the config file)",
+    "api-key": "vllm_server_api_key (kept out of docker inspect)",
+    "hf-token": "vllm_server_hf_token (kept out of docker inspect)",
+}
+
+
+def _display(key):
+    return "%s (--%s)" % (key.replace("-", "_"), key)
+
+
+def vllm_option_problems(options, spec, advice=None, strict=True):
+    """Sentences describing every option that vLLM's `serve` would reject or that means something else.
+
+    spec is the role's data for one vLLM version (options: name -> kind/negatable/choices/aliases,
+    quantization_methods, vllm_version); advice maps common mistakes to what to use instead.
+    With strict=False only the advice and the options the role sets itself are checked.
+    """
+    import difflib
+
+    if not isinstance(options, dict):
+        return ["vLLM options must be a dictionary of option names and values, not %s" % type(options).__name__]
+    known = spec.get("options", {})
+    version = spec.get("vllm_version", "?")
+    aliases = {}
+    for name, entry in known.items():
+        for alias in entry.get("aliases") or []:
+            aliases[alias] = name
+    advice = dict((vllm_cli_key(k), v) for k, v in (advice or {}).items())
+    problems = []
+    for raw_key in sorted(options, key=str):
+        value = options[raw_key]
+        key = vllm_cli_key(raw_key)
+        base = key.split(".", 1)[0]
+        base = aliases.get(base, base)
+        if base in advice:
+            methods = ", ".join(spec.get("quantization_methods") or []) or "see vLLM's documentation"
+            problems.append("%s: %s" % (raw_key, advice[base].replace("{quantization_methods}", methods)))
+            continue
+        if base in MANAGED_OPTIONS:
+            problems.append("%s: set it through %s, not in the options." % (raw_key, MANAGED_OPTIONS[base]))
+            continue
+        if not strict:
+            continue
+        if base not in known:
+            close = difflib.get_close_matches(base, list(known), n=3, cutoff=0.6)
+            hint = (" Did you mean %s?" % " or ".join(_display(c) for c in close)) if close else ""
+            problems.append("%s is not an option of vLLM %s's server.%s" % (raw_key, version, hint))
+            continue
+        entry = known[base]
+        if value is None or "." in key:
+            continue
+        if entry.get("kind") == "flag" and not isinstance(value, bool):
+            problems.append("%s is a flag of vLLM: give true or false, not %r." % (raw_key, value))
+        elif entry.get("kind") == "value" and isinstance(value, list):
+            problems.append("%s takes one value, not a list." % raw_key)
+        choices = entry.get("choices")
+        if choices and entry.get("kind") != "flag":
+            values = value if isinstance(value, list) else [value]
+            wrong = [v for v in values if str(v) not in choices]
+            if wrong:
+                problems.append("%s: %s is not one of %s." % (raw_key, ", ".join(repr(v) for v in wrong), ", ".join(choices)))
+        if base == "quantization" and spec.get("quantization_methods") and str(value) not in spec["quantization_methods"]:
+            close = difflib.get_close_matches(str(value), spec["quantization_methods"], n=3, cutoff=0.5)
+            problems.append("%s: %r is not a quantization method of vLLM %s.%s Methods: %s." % (
+                raw_key, value, version, (" Did you mean %s?" % " or ".join(close)) if close else "",
+                ", ".join(spec["quantization_methods"])))
+    return problems
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -74,4 +299,10 @@ class FilterModule(object):
             "vllm_gpu_count": vllm_gpu_count,
             "vllm_cli_key": vllm_cli_key,
             "vllm_config": vllm_config,
+            "vllm_option_problems": vllm_option_problems,
+            "vllm_resolve_instances": vllm_resolve_instances,
+            "vllm_image_version": vllm_image_version,
+            "vllm_fit_problem": vllm_fit_problem,
+            "vllm_instance_state": vllm_instance_state,
+            "vllm_pick_option_spec": vllm_pick_option_spec,
         }

@@ -95,7 +95,7 @@ class Endpoint(object):
     """An OpenAI-compatible server at base_url."""
 
     def __init__(self, base_url, api_key=None, headers=None, validate_certs=True, ca_path=None,
-                 client_cert=None, client_key=None, use_proxy=True, request_timeout=60, opener=None):
+                 client_cert=None, client_key=None, use_proxy=True, request_timeout=60, http_agent=None, opener=None):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.headers = dict(headers or {})
@@ -105,6 +105,7 @@ class Endpoint(object):
         self.client_key = client_key
         self.use_proxy = use_proxy
         self.request_timeout = request_timeout
+        self.http_agent = http_agent
         # tests patch open_url; keep a handle that can be swapped
         self._open = opener or open_url
 
@@ -137,6 +138,7 @@ class Endpoint(object):
                 client_key=self.client_key,
                 use_proxy=self.use_proxy,
                 follow_redirects="safe",
+                http_agent=self.http_agent,
             )
         except HTTPError as e:
             try:
@@ -148,7 +150,7 @@ class Endpoint(object):
         except URLError as e:
             kind = _reason_kind(e.reason)
             raise EndpointError(kind, "%s (%s)" % (_KIND_TEXT[kind], to_native(e.reason)), url=url)
-        except (socket.timeout, TimeoutError) as e:
+        except (socket.timeout, TimeoutError):
             raise EndpointError("timeout", "timed out after %ss" % (timeout or self.request_timeout), url=url)
         except ssl.SSLError as e:
             raise EndpointError("tls", "TLS error (%s)" % to_native(e), url=url)
@@ -156,8 +158,8 @@ class Endpoint(object):
             kind = _reason_kind(e)
             raise EndpointError(kind, "%s (%s)" % (_KIND_TEXT[kind], to_native(e) or type(e).__name__), url=url)
 
-    def request_json(self, method, path, body=None, timeout=None):
-        """Send a request and return (status, parsed JSON or None, raw text)."""
+    def request(self, method, path, body=None, timeout=None):
+        """Send a request and return (status, text of the answer)."""
         response = self.open(method, path, body=body, timeout=timeout)
         try:
             raw = response.read()
@@ -166,8 +168,13 @@ class Endpoint(object):
         except (ConnectionError, HTTPException, OSError) as e:
             raise EndpointError("reset", "connection broken while reading %s (%s)" % (self.url(path), to_native(e) or type(e).__name__),
                                 url=self.url(path))
-        text = to_text(raw, errors="surrogate_or_replace")
-        status = getattr(response, "status", None) or response.getcode()
+        finally:
+            _close(response)
+        return getattr(response, "status", None) or response.getcode(), to_text(raw, errors="surrogate_or_replace")
+
+    def request_json(self, method, path, body=None, timeout=None):
+        """Send a request and return (status, parsed JSON or None, raw text)."""
+        status, text = self.request(method, path, body=body, timeout=timeout)
         if not text.strip():
             return status, None, text
         try:
@@ -180,17 +187,30 @@ class Endpoint(object):
         """POST body and yield (seconds since the request was sent, data string) per server-sent event."""
         started = time.monotonic()
         response = self.open("POST", path, body=body, timeout=timeout)
-        while True:
-            try:
-                line = response.readline()
-            except (socket.timeout, TimeoutError):
-                raise EndpointError("timeout", "the stream from %s stalled for more than %ss" % (self.url(path), timeout or self.request_timeout),
-                                    url=self.url(path))
-            except (ConnectionError, HTTPException, OSError) as e:
-                raise EndpointError("reset", "the stream from %s broke off (%s)" % (self.url(path), to_native(e) or type(e).__name__),
-                                    url=self.url(path))
-            if not line:
-                return
-            text = to_text(line, errors="surrogate_or_replace").strip()
-            if text.startswith("data:"):
-                yield time.monotonic() - started, text[5:].strip()
+        try:
+            while True:
+                try:
+                    line = response.readline()
+                except (socket.timeout, TimeoutError):
+                    raise EndpointError("timeout", "the stream from %s stalled for more than %ss" % (self.url(path), timeout or self.request_timeout),
+                                        url=self.url(path))
+                except (ConnectionError, HTTPException, OSError) as e:
+                    raise EndpointError("reset", "the stream from %s broke off (%s)" % (self.url(path), to_native(e) or type(e).__name__),
+                                        url=self.url(path))
+                if not line:
+                    return
+                text = to_text(line, errors="surrogate_or_replace").strip()
+                if text.startswith("data:"):
+                    yield time.monotonic() - started, text[5:].strip()
+        finally:
+            # also when the caller stops reading early: a half-read stream must not keep the connection
+            _close(response)
+
+
+def _close(response):
+    close = getattr(response, "close", None)
+    if close:
+        try:
+            close()
+        except Exception:  # closing is a courtesy; the answer is already read or abandoned
+            pass

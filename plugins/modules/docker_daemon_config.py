@@ -24,7 +24,9 @@ description:
   - A file that is not a JSON object is never overwritten; the module fails and says where the
     file is broken.
 author:
-  - llmops.vllm developers
+  - llmops.vllm developers (@llmops)
+extends_documentation_fragment:
+  - llmops.vllm.attributes
 options:
   path:
     description: Path of the daemon configuration file.

@@ -23,7 +23,9 @@ description:
     RV(error) says what is wrong and what to do, unless O(require=true).
   - Changes nothing on the host.
 author:
-  - llmops.vllm developers
+  - llmops.vllm developers (@llmops)
+extends_documentation_fragment:
+  - llmops.vllm.attributes
 options:
   nvidia_smi:
     description: The nvidia-smi binary. Looked up on C(PATH) when not given.

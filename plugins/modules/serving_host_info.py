@@ -8,20 +8,23 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: serving_host_info
-short_description: What a host offers a vLLM deployment before anything changes - disk space, TCP ports, Docker
+short_description: Disk space, TCP ports and Docker of a host, before a vLLM deployment changes it
 version_added: 0.1.0
 description:
   - Gathers, read-only, what the collection's preflight checks need and Ansible's facts do not have.
   - B(Disk space.) For each entry of O(space), the file system that holds its path (a path that
-    does not exist yet is looked up through its nearest existing parent) and its free space. Entries on the same file system are added up, so an image and a model that land on one
-    disk are checked against that disk's free space together.
+    does not exist yet is looked up through its nearest existing parent) and its free space.
+    Entries on the same file system are added up, so an image and a model that land on one disk
+    are checked against that disk's free space together.
   - B(Ports.) For each of O(ports), whether something listens on it (from C(/proc/net/tcp) and
     C(/proc/net/tcp6)), which processes (from C(ss -ltnp) when it is installed), and which Docker
     containers publish it.
   - B(Docker.) Whether the C(docker) CLI is installed, whether the daemon answers, its version, the
     state of its systemd unit, and which of O(images) are present.
 author:
-  - llmops.vllm developers
+  - llmops.vllm developers (@llmops)
+extends_documentation_fragment:
+  - llmops.vllm.attributes
 options:
   space:
     description: Space needed on the file systems that hold some paths.
@@ -176,7 +179,7 @@ def ss_listeners(text):
         if len(fields) < 4:
             continue
         local = fields[3]
-        address, _, port = local.rpartition(":")
+        address, dummy, port = local.rpartition(":")
         if not port.isdigit():
             continue
         users = _SS_USERS.findall(line)

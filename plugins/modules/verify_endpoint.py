@@ -11,26 +11,33 @@ module: verify_endpoint
 short_description: Prove that an OpenAI-compatible vLLM endpoint serves chat completions
 version_added: 0.1.0
 description:
-  - Waits until the server is ready, polling inside the module with a short back-off, so
-    readiness is noticed within about a second of happening. vLLM refuses connections while it
-    loads a model, answers C(GET /health) with 200 once the engine is up, and then lists its served
-    model names at C(GET /v1/models).
+  - Waits until the server is ready, polling inside the module with a short back-off (50 ms, growing
+    to 250 ms), so readiness is noticed within a quarter of a second of happening. vLLM refuses
+    connections while it loads a model, answers C(GET /health) with 200 once the engine is up, and
+    then lists its served model names at C(GET /v1/models).
   - >-
-    Then sends a real C(POST /v1/chat/completions) and checks that the reply has the OpenAI shape,
-    and, with O(stream=true), a streamed request whose server-sent events assemble into content and
-    end with C(data: [DONE]).
+    Then sends a real C(POST /v1/chat/completions) and checks that the reply has the OpenAI shape
+    (C(object), C(choices[0].message.role) and C(content), C(finish_reason), C(usage) that adds up),
+    and a streamed one whose server-sent events are C(chat.completion.chunk) objects that assemble
+    into content and end with C(data: [DONE]).
   - Returns the numbers a person compares hosts by (time to ready, latency, time to first token,
-    tokens per second) and, when something is wrong, a sentence that says what to do.
-  - Never changes anything. In check mode it sends the same requests, since answering them changes
-    nothing on the server.
+    completion tokens, tokens per second, the server's version) and, when something is wrong, a
+    sentence that says what to do.
+  - Never changes anything, so it always reports C(changed=false). In check mode it sends the same
+    requests, since answering them changes nothing on the server.
+  - Runs where the user wants it to. On the GPU host (the default URL is the local port), where
+    O(container) can add the container's state and log to a failure; or delegated to the control node
+    or a bastion (C(delegate_to)), with O(url) set to the host's address.
 author:
-  - llmops.vllm developers
+  - llmops.vllm developers (@llmops)
+extends_documentation_fragment:
+  - llmops.vllm.attributes
 options:
   url:
     description:
       - Base URL of the server, without C(/v1).
-      - The default suits the module running on the GPU host itself; delegated to the control node or
-        a bastion, give the host's address.
+      - The default suits the module running on the GPU host itself. Delegated to the control node or a
+        bastion, give the host's address, for example V(http://{{ ansible_host }}:8000).
     type: str
     default: http://127.0.0.1:8000
   model:
@@ -40,7 +47,7 @@ options:
     type: str
   api_key:
     description:
-      - "Key sent as C(Authorization: Bearer), for servers started with C(--api-key) or C(VLLM_API_KEY)."
+      - "Key sent as C(Authorization: Bearer), for servers started with C(--api-key) or E(VLLM_API_KEY)."
       - Never printed, not even in failure messages.
       - Falls back to the environment variables E(VLLM_API_KEY) and E(OPENAI_API_KEY).
     type: str
@@ -50,7 +57,8 @@ options:
     type: float
     default: 600
   request_timeout:
-    description: Seconds one HTTP request may take (a chat completion included).
+    description:
+      - Seconds one HTTP request may take, and the longest pause between two events of a streamed reply.
     type: float
     default: 60
   health_path:
@@ -58,32 +66,45 @@ options:
     type: str
     default: /health
   chat:
-    description: Send a chat completion once the server is ready.
+    description:
+      - Send a chat completion once the server is ready and check the reply.
+      - Set O(chat) and O(stream) to V(false) to only wait for readiness.
     type: bool
     default: true
   stream:
-    description: Also send a streamed chat completion and measure the time to the first token.
+    description: Send a streamed chat completion once the server is ready and measure the time to the first token.
     type: bool
     default: true
   prompt:
-    description: The user message of the test request.
+    description: The user message of the test requests.
     type: str
     default: Say hello in one short sentence.
   max_tokens:
-    description: C(max_tokens) of the test request.
+    description: C(max_tokens) of the test requests.
     type: int
     default: 16
   temperature:
-    description: C(temperature) of the test request.
+    description: C(temperature) of the test requests.
     type: float
     default: 0.0
+  extra_body:
+    description:
+      - Further fields of the test requests' JSON body, for example C(chat_template_kwargs) to switch a
+        reasoning model's thinking off, or vLLM's C(ignore_eos).
+      - They are added last, so they can also replace the fields this module sets.
+    type: dict
+    default: {}
   content_regex:
-    description: A regular expression the reply's content must match (Python C(re.search)).
+    description: A regular expression the replies' content must match (Python C(re.search)).
     type: str
   container:
     description:
       - Name of the Docker container that serves the endpoint, when the module runs on its host.
-      - On failure, the container's state and the last O(container_log_lines) lines of its log are added to the message.
+      - While waiting, a container that exited or restarts in a loop ends the wait at once.
+      - On failure, the container's state, the errors in its log and its last O(container_log_lines)
+        lines are added to the message.
+      - Needs the C(docker) CLI and access to the Docker daemon (usually C(become)). Leave it unset when
+        the module runs delegated to another machine.
     type: str
   container_log_lines:
     description: How many lines of the container's log to attach to a failure.
@@ -94,14 +115,18 @@ options:
     type: dict
     default: {}
   validate_certs:
-    description: Verify the server's TLS certificate for C(https) URLs.
+    description:
+      - Verify the server's TLS certificate for C(https) URLs.
+      - V(false) only for test endpoints with self-signed certificates.
     type: bool
     default: true
   ca_path:
     description: PEM file of the certificate authority that signed the server's certificate.
     type: path
   client_cert:
-    description: PEM client certificate for mutual TLS.
+    description:
+      - PEM client certificate for mutual TLS.
+      - It may include the key; otherwise give O(client_key).
     type: path
   client_key:
     description: PEM private key of O(client_cert).
@@ -110,6 +135,10 @@ options:
     description: Use the proxy given by the environment (E(https_proxy), E(http_proxy), E(no_proxy)).
     type: bool
     default: true
+  http_agent:
+    description: C(User-Agent) header of the requests.
+    type: str
+    default: llmops.vllm.verify_endpoint
 attributes:
   check_mode:
     support: full
@@ -119,22 +148,28 @@ attributes:
     support: full
 notes:
   - Uses C(ansible.module_utils.urls); the managed host needs no extra Python library.
-  - vLLM's C(--api-key) guards the C(/v1) paths only; C(/health) answers without a key.
+  - The HTTP options carry the names of C(ansible.builtin.uri)'s. Basic authentication (C(url_username),
+    C(url_password)) is left out because the API key already takes the C(Authorization) header.
+  - vLLM's C(--api-key) guards the C(/v1) paths only; C(/health) and C(/version) answer without a key.
+  - The numbers are single requests on an idle server, meant to compare hosts and catch a slow one, not
+    a benchmark of the server.
 seealso:
   - name: vLLM OpenAI-compatible server
     description: The endpoints this module calls.
     link: https://docs.vllm.ai/en/stable/serving/openai_compatible_server.html
+  - module: ansible.builtin.uri
+    description: The module whose HTTP options this one follows.
 """
 
 EXAMPLES = r"""
-- name: Verify the endpoint on the GPU host itself
+- name: Verify the endpoint on the GPU host itself, with the container's log on failure
+  become: true
   llmops.vllm.verify_endpoint:
     url: http://127.0.0.1:8000
     model: Qwen/Qwen2.5-1.5B-Instruct
     api_key: "{{ vllm_api_key }}"
     container: vllm
     timeout: 1800
-  no_log: false
 
 - name: Verify every host from the control node
   llmops.vllm.verify_endpoint:
@@ -145,11 +180,25 @@ EXAMPLES = r"""
   delegate_to: localhost
   register: verification
 
-- name: Only wait for readiness, no chat request
+- name: Print the numbers
+  ansible.builtin.debug:
+    msg: >-
+      ready after {{ verification.time_to_ready }}s, latency {{ verification.latency }}s,
+      first token after {{ verification.time_to_first_token }}s, {{ verification.tokens_per_second }} tokens/s
+
+- name: A reasoning model, thinking switched off so that 16 tokens hold an answer
+  llmops.vllm.verify_endpoint:
+    model: Qwen/Qwen3-8B
+    extra_body:
+      chat_template_kwargs:
+        enable_thinking: false
+
+- name: Only wait for readiness, through a TLS proxy with an internal CA
   llmops.vllm.verify_endpoint:
     url: https://llm.example.com
     ca_path: /etc/pki/internal-ca.pem
     chat: false
+    stream: false
 """
 
 RETURN = r"""
@@ -164,13 +213,13 @@ ready:
   type: bool
   sample: true
 time_to_ready:
-  description: Seconds from the start of the module until the server was ready.
-  returned: success
+  description: Seconds from the start of the module until the server was ready (near 0 for a server that already was).
+  returned: when the server became ready
   type: float
   sample: 71.4
 models:
   description: The served model names listed by C(/v1/models).
-  returned: success
+  returned: when the server became ready
   type: list
   elements: str
   sample: ["qwen2.5-1.5b"]
@@ -180,18 +229,18 @@ model:
   type: str
   sample: qwen2.5-1.5b
 version:
-  description: The server's version from C(GET /version), when it has that endpoint.
+  description: The server's version from C(GET /version), or null when the server has no such endpoint.
   returned: success
   type: str
   sample: 0.32.0
 reply:
-  description: The content of the non-streamed chat completion.
-  returned: success and chat is true
+  description: The content of the chat completion (of the streamed one when O(chat=false)).
+  returned: success and O(chat) or O(stream) is true
   type: str
   sample: Hello! How can I help you today?
 chat:
   description: Details of the non-streamed chat completion.
-  returned: success and chat is true
+  returned: success and O(chat) is true
   type: dict
   contains:
     content:
@@ -209,15 +258,19 @@ chat:
     tokens_per_second:
       description: Completion tokens divided by the latency.
       type: float
+    id:
+      description: The completion's id, to find the request in the server's log.
+      type: str
   sample:
     content: Hello there!
     finish_reason: stop
     latency: 0.41
     usage: {prompt_tokens: 15, completion_tokens: 4, total_tokens: 19}
     tokens_per_second: 9.76
+    id: chatcmpl-b1b28af61093f0c7
 stream:
   description: Details of the streamed chat completion.
-  returned: success and chat and stream are true
+  returned: success and O(stream) is true
   type: dict
   contains:
     content:
@@ -235,44 +288,58 @@ stream:
     finish_reason:
       description: The finish reason of the last choice.
       type: str
+    usage:
+      description: Token counts of the final chunk, when the server sent them.
+      type: dict
+    tokens_per_second:
+      description: Completion tokens divided by the latency, when the server reported usage.
+      type: float
   sample:
     content: Hello there!
     chunks: 6
     time_to_first_token: 0.08
     latency: 0.39
     finish_reason: stop
+    usage: {prompt_tokens: 15, completion_tokens: 4, total_tokens: 19}
+    tokens_per_second: 10.26
 latency:
-  description: Seconds the non-streamed chat completion took.
-  returned: success and chat is true
+  description: Seconds the chat completion took (the streamed one when O(chat=false)).
+  returned: success and O(chat) or O(stream) is true
   type: float
   sample: 0.41
 time_to_first_token:
   description: Seconds to the first streamed token.
-  returned: success and chat and stream are true
+  returned: success and O(stream) is true
   type: float
   sample: 0.08
 completion_tokens:
-  description: Completion tokens of the non-streamed request.
-  returned: success and chat is true
+  description: Completion tokens of the chat completion (the streamed one when O(chat=false)).
+  returned: success and O(chat) or O(stream) is true
   type: int
   sample: 4
 tokens_per_second:
-  description: Completion tokens per second of the non-streamed request.
-  returned: success and chat is true
+  description: Completion tokens per second of the chat completion (the streamed one when O(chat=false)).
+  returned: success and O(chat) or O(stream) is true
   type: float
   sample: 9.76
 last_seen:
-  description: On failure, what the last attempt saw (connection refused, an HTTP status, a timeout).
+  description: On failure, what the last request saw (connection refused, an HTTP status and its message, a timeout).
   returned: failure
   type: str
   sample: connection refused
+container_state:
+  description: On failure with O(container) set, the container's state.
+  returned: failure and O(container) is set
+  type: str
+  sample: exited (exit code 1, restarted 0 times)
 container_log:
   description: On failure with O(container) set, the last lines of the container's log.
-  returned: failure
+  returned: failure and O(container) is set
   type: list
   elements: str
 """
 
+import json
 import re
 import time
 
@@ -282,9 +349,11 @@ from ansible_collections.llmops.vllm.plugins.module_utils._openai_endpoint impor
 
 
 class VerificationFailed(Exception):
-    def __init__(self, message, **facts):
+    def __init__(self, message, went_away=False, **facts):
         super(VerificationFailed, self).__init__(message)
         self.message = message
+        # the server closed a connection in the middle of an answer: its container may be exiting right now
+        self.went_away = went_away
         self.facts = facts
 
 
@@ -292,13 +361,37 @@ def _round(seconds):
     return round(seconds, 3)
 
 
+def _fmt_num(value):
+    return ("%d" % value) if float(value).is_integer() else ("%s" % value)
+
+
+def _json_or_none(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+TLS_ADVICE = (" The server's certificate could not be verified: set ca_path to the CA that signed it, client_cert/client_key "
+              "if it asks for a client certificate, or validate_certs: false for a test endpoint only.")
+PLAIN_HTTP_ADVICE = " The server does not speak TLS on this port: use an http:// URL."
+
+
+def tls_advice(error):
+    # an https:// URL for a plain HTTP server fails in the handshake with these
+    if "WRONG_VERSION_NUMBER" in error.message or "record layer failure" in error.message:
+        return PLAIN_HTTP_ADVICE
+    return TLS_ADVICE
+
+
 class Verifier(object):
     """Readiness, chat and stream checks against one endpoint; clock and sleep are swappable for tests."""
 
-    # Poll quickly at first, then back off to at most this interval, so readiness is seen
-    # within about half a second while a long model load costs few requests.
+    # Poll quickly at first, then back off to at most this interval, so readiness is seen within a
+    # quarter of a second, leaving most of the second the issue allows to Ansible's own start and exit
+    # (benchmarks/readiness.py). Polls are cheap: while vLLM loads, nothing listens on its port.
     FIRST_INTERVAL = 0.05
-    MAX_INTERVAL = 0.5
+    MAX_INTERVAL = 0.25
 
     def __init__(self, endpoint, params, clock=None, sleep=None, watch=None):
         self.ep = endpoint
@@ -308,6 +401,7 @@ class Verifier(object):
         # called between polls; raises VerificationFailed when waiting longer is pointless
         self.watch = watch
         self.started = self.clock()
+        self.models = []
 
     # ---- readiness -------------------------------------------------------------------------------
 
@@ -332,12 +426,15 @@ class Verifier(object):
             return head + (" Connections hang: a firewall may drop them, or the server is overloaded. "
                            "Check that the port is reachable from where this module runs.")
         if last.kind == "tls":
-            return head + TLS_ADVICE
+            return head + tls_advice(last)
         if last.kind == "dns":
             return head + " The host name does not resolve from where this module runs: check the URL."
         if last.kind == "http" and last.status == 503:
-            return head + (" The server answers but its engine is not healthy (503): the vLLM engine died or is "
-                           "restarting. The container log says why (often out of GPU memory).")
+            return head + (" The server answers but is not healthy (503): vLLM's engine died or is restarting (the "
+                           "container log says why, often out of GPU memory), or a proxy in front has no server behind it.")
+        if last.kind == "http" and last.status in (502, 504):
+            return head + (" A proxy in front of vLLM answers, but cannot reach vLLM behind it (HTTP %s): "
+                           "check that vLLM runs and that the proxy points at its port." % last.status)
         if last.kind == "http" and last.status == 404:
             return head + (" %s answered 404: is this a vLLM server, and does the URL carry a path prefix it "
                            "should not? Set health_path to '' for servers without /health." % last.url)
@@ -356,7 +453,7 @@ class Verifier(object):
                 if e.kind == "http" and e.status in (401, 403):
                     raise VerificationFailed(self.explain_auth(e), last_seen=e.summary())
                 if e.kind == "tls":
-                    raise VerificationFailed("%s: %s.%s" % (self.ep.base_url, e.message, TLS_ADVICE), last_seen=e.summary())
+                    raise VerificationFailed("%s: %s.%s" % (self.ep.base_url, e.message, tls_advice(e)), last_seen=e.summary())
             if self.watch:
                 self.watch(self.clock() - self.started, last)
             remaining = deadline - self.clock()
@@ -367,9 +464,10 @@ class Verifier(object):
 
     def _probe(self, timeout):
         if self.p["health_path"]:
-            status, _, _ = self.ep.request_json("GET", self.p["health_path"], timeout=timeout)
+            status, dummy = self.ep.request("GET", self.p["health_path"], timeout=timeout)
             if status != 200:
-                raise EndpointError("http", "HTTP %s from %s" % (status, self.ep.url(self.p["health_path"])), status=status)
+                raise EndpointError("http", "HTTP %s from %s" % (status, self.ep.url(self.p["health_path"])), status=status,
+                                    url=self.ep.url(self.p["health_path"]))
         status, data, text = self.ep.request_json("GET", "/v1/models", timeout=timeout)
         try:
             models = [entry["id"] for entry in data["data"]]
@@ -383,9 +481,10 @@ class Verifier(object):
                 "%s is ready but does not serve the model '%s'. It serves: %s. Use one of these names "
                 "(vLLM names a model by --served-model-name, or by the model id when that is not set)."
                 % (self.ep.base_url, wanted, ", ".join(models) or "nothing"),
-                models=models, time_to_ready=_round(ready_at))
+                models=models, time_to_ready=_round(ready_at), ready=True)
         if not models:
-            raise VerificationFailed("%s is ready but lists no models at /v1/models." % self.ep.base_url, models=models)
+            raise VerificationFailed("%s is ready but lists no models at /v1/models." % self.ep.base_url, models=models, ready=True)
+        self.models = models
         return models, ready_at
 
     def explain_auth(self, e):
@@ -407,6 +506,7 @@ class Verifier(object):
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        body.update(self.p["extra_body"] or {})
         return body
 
     def explain_chat_error(self, e, model, what):
@@ -415,12 +515,12 @@ class Verifier(object):
         if e.kind == "http" and e.status in (401, 403):
             return self.explain_auth(e)
         if e.kind == "http" and e.status == 404:
-            return ("%s: the %s for model '%s' answered 404 (%s). The server does not serve that name; "
-                    "its /v1/models lists what it does." % (url, what, model, detail or "not found"))
+            return ("%s: the %s for model '%s' answered 404 (%s). The server does not serve that name; it serves: %s."
+                    % (url, what, model, detail or "not found", ", ".join(self.models) or "nothing"))
         if e.kind == "http" and e.status == 400 and "chat template" in detail.lower():
             return ("%s: the model '%s' has no chat template, so vLLM cannot answer /v1/chat/completions (%s). "
-                    "Give vLLM a template with the chat-template option, use a chat/instruct variant of the model, "
-                    "or call the completions API (/v1/completions) instead." % (url, model, detail))
+                    "Give vLLM a template with its chat-template option, serve a chat/instruct variant of the model, "
+                    "or use the completions API (/v1/completions) with it instead." % (url, model, detail))
         if e.kind == "http":
             return "%s: the %s failed with HTTP %s: %s" % (url, what, e.status, detail or "no details in the answer")
         if e.kind == "timeout":
@@ -428,17 +528,18 @@ class Verifier(object):
                     "max_tokens); raise request_timeout or lower max_tokens." % (url, what, _fmt_num(self.p["request_timeout"])))
         if e.kind in ("reset", "refused"):
             return ("%s: the %s broke off (%s). The server went away in the middle of the request: "
-                    "the container may have crashed or restarted (see its log)." % (url, what, e.message))
+                    "the container may have crashed, been killed or restarted (see its log)." % (url, what, e.message))
         if e.kind == "tls":
-            return "%s: %s.%s" % (url, e.message, TLS_ADVICE)
+            return "%s: %s.%s" % (url, e.message, tls_advice(e))
         return "%s: the %s failed: %s" % (url, what, e.message)
 
     def chat(self, model):
         started = self.clock()
         try:
-            _, data, text = self.ep.request_json("POST", "/v1/chat/completions", body=self.request_body(model, False))
+            dummy, data, text = self.ep.request_json("POST", "/v1/chat/completions", body=self.request_body(model, False))
         except EndpointError as e:
-            raise VerificationFailed(self.explain_chat_error(e, model, "chat completion"), last_seen=e.summary())
+            raise VerificationFailed(self.explain_chat_error(e, model, "chat completion"), went_away=e.kind == "reset",
+                                     last_seen=e.summary())
         latency = self.clock() - started
         problems = check_completion_shape(data)
         if problems:
@@ -465,12 +566,17 @@ class Verifier(object):
         usage = None
         done = False
         started = self.clock()
+        events = self.ep.stream_events("/v1/chat/completions", self.request_body(model, True))
         try:
-            for _, payload in self.ep.stream_events("/v1/chat/completions", self.request_body(model, True)):
+            for dummy, payload in events:
                 if payload == "[DONE]":
                     done = True
                     break
                 chunk = _json_or_none(payload)
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    raise VerificationFailed(
+                        "%s: the server reported an error in the middle of the streamed chat completion, after %d chunks: %s"
+                        % (self.ep.base_url, chunks, error_detail(payload)), last_seen=error_detail(payload))
                 if not isinstance(chunk, dict) or chunk.get("object") != "chat.completion.chunk":
                     raise VerificationFailed("%s: a streamed event is not a chat.completion.chunk: %s" % (self.ep.base_url, payload[:300]))
                 chunks += 1
@@ -485,14 +591,15 @@ class Verifier(object):
                     if choice.get("finish_reason"):
                         finish_reason = choice["finish_reason"]
         except EndpointError as e:
-            raise VerificationFailed(self.explain_chat_error(e, model, "streamed chat completion"), last_seen=e.summary())
+            if e.kind == "reset" and chunks:
+                raise VerificationFailed(self.explain_broken_stream(chunks, pieces, e.message), went_away=True, last_seen=e.summary())
+            raise VerificationFailed(self.explain_chat_error(e, model, "streamed chat completion"), went_away=e.kind == "reset",
+                                     last_seen=e.summary())
         latency = self.clock() - started
         content = "".join(pieces)
         if not done:
-            raise VerificationFailed(
-                "%s: the streamed chat completion ended after %d chunks without 'data: [DONE]'. The server closed the "
-                "stream early: it may have crashed or restarted in the middle of the reply (see the container log)."
-                % (self.ep.base_url, chunks))
+            raise VerificationFailed(self.explain_broken_stream(chunks, pieces, "the server closed the connection"),
+                                     went_away=True, last_seen="stream closed without data: [DONE]")
         if not content.strip():
             raise VerificationFailed("%s: the streamed chat completion assembled into empty content (%d chunks)."
                                      % (self.ep.base_url, chunks))
@@ -501,10 +608,16 @@ class Verifier(object):
                       finish_reason=finish_reason)
         if usage:
             result["usage"] = usage
-            generation = latency - ttft
-            if usage.get("completion_tokens", 0) > 1 and generation > 0:
-                result["tokens_per_second"] = _round((usage["completion_tokens"] - 1) / generation)
+            # The whole request, as for the non-streamed one: on a fast server a short reply arrives in one
+            # burst, and a rate over the time after the first token would be meaningless.
+            if latency > 0:
+                result["tokens_per_second"] = _round(usage.get("completion_tokens", 0) / latency)
         return result
+
+    def explain_broken_stream(self, chunks, pieces, how):
+        return ("%s: the streamed chat completion broke off after %d chunks (%d characters of content) without "
+                "'data: [DONE]' (%s). The server went away in the middle of the reply: the container may have "
+                "crashed, been killed or restarted (see its log)." % (self.ep.base_url, chunks, len("".join(pieces)), how))
 
     def check_regex(self, content, what):
         pattern = self.p["content_regex"]
@@ -514,27 +627,10 @@ class Verifier(object):
 
     def version(self):
         try:
-            _, data, _ = self.ep.request_json("GET", "/version", timeout=min(self.p["request_timeout"], 10))
+            dummy, data, dummy = self.ep.request_json("GET", "/version", timeout=min(self.p["request_timeout"], 10))
         except EndpointError:
             return None
         return data.get("version") if isinstance(data, dict) else None
-
-
-TLS_ADVICE = (" The server's certificate could not be verified: set ca_path to the CA that signed it, client_cert/client_key "
-              "if it asks for a client certificate, or validate_certs: false for a test endpoint only.")
-
-
-def _fmt_num(value):
-    return ("%d" % value) if float(value).is_integer() else ("%s" % value)
-
-
-def _json_or_none(text):
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
 
 
 def check_completion_shape(data):
@@ -557,7 +653,7 @@ def check_completion_shape(data):
             content = message.get("content")
             if not isinstance(content, str) or not content.strip():
                 problems.append("choices[0].message.content is empty")
-        if not choices[0].get("finish_reason"):
+        if isinstance(choices[0], dict) and not choices[0].get("finish_reason"):
             problems.append("choices[0].finish_reason is missing")
     usage = data.get("usage")
     if not isinstance(usage, dict):
@@ -573,14 +669,24 @@ def check_completion_shape(data):
     return problems
 
 
-ERROR_LINE = re.compile(r"\b((?:[A-Za-z_][\w.]*)?(?:Error|Exception)): (\S.*)$")
+# vLLM's log prefix, "(EngineCore pid=24) ERROR 11-24 22:18:39 [core.py:1510] "; tracebacks have none.
+LOG_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\)\s+)?(?:(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?)?")
+# The last line of a Python traceback: "RuntimeError: ...", "huggingface_hub.errors.HFValidationError: ..."
+EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)): (\S.*)$")
 
 
 def error_lines(log, limit=3):
-    """The distinct exception messages of a log ('RuntimeError: ...'), most recent last."""
+    """The distinct exception messages of a log ('RuntimeError: ...'), most recent last.
+
+    Only lines that are an exception, alone or after an ERROR prefix: a warning that mentions an error
+    ("... can cause fd limit errors like `OSError: ...`") is not one.
+    """
     seen = []
     for line in log:
-        match = ERROR_LINE.search(line)
+        prefix = LOG_PREFIX.match(line)
+        if prefix.group(1) in ("DEBUG", "INFO", "WARNING"):
+            continue
+        match = EXCEPTION_LINE.match(line[prefix.end():].strip())
         if match:
             message = "%s: %s" % (match.group(1), match.group(2).strip())
             if message in seen:
@@ -594,7 +700,10 @@ class Container(object):
 
     # a container that restarted this many times while we waited is crash-looping
     RESTART_LOOP = 3
-    CHECK_EVERY = 5.0
+    # seconds between two looks at the container while waiting (each costs a docker inspect)
+    CHECK_EVERY = 2.0
+    # after a connection broke off: how long Docker may take to report the container's exit or restart
+    SETTLE = 3.0
 
     def __init__(self, module, name, lines):
         self.module = module
@@ -608,7 +717,7 @@ class Container(object):
         """(status, exit code, restart count), or None when docker cannot tell."""
         if not self.docker:
             return None
-        rc, out, _ = self.module.run_command(
+        rc, out, dummy = self.module.run_command(
             [self.docker, "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", self.name])
         parts = out.split()
         if rc != 0 or len(parts) != 3:
@@ -617,10 +726,11 @@ class Container(object):
 
     def describe(self):
         if not self.docker:
-            return None
+            return "unknown: there is no docker command where this module runs"
         current = self.state()
         if current is None:
-            return "not found on this host"
+            return ("not found where this module runs (a module delegated to another machine cannot see it: "
+                    "leave container unset there)")
         return "%s (exit code %d, restarted %d times)" % current
 
     def log(self, lines):
@@ -648,13 +758,24 @@ class Container(object):
                                      "will not help." % (self.name, restarts - self.first_restarts, waited),
                                      last_seen=last.summary() if last else "")
 
-    def explain(self, result):
-        """Text to append to a failure message; also fills result['container_log']."""
+    def settle(self):
+        """Wait a moment for a container whose server just went away to show it: the connection closes as the
+        process dies, a little before Docker reports the container exited or restarting."""
+        first = self.state()
+        deadline = time.monotonic() + self.SETTLE
+        current = first
+        while current is not None and current[0] == "running" and current[2] == first[2] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            current = self.state()
+
+    def explain(self, result, settle=False):
+        """Text to append to a failure message; also fills result's container_state and container_log."""
+        if settle and self.docker:
+            self.settle()
         state = self.describe()
-        if state is None:
-            return ""
+        result["container_state"] = state
         log = self.log(max(self.lines, 300))
-        result["container_log"] = log[-self.lines:]
+        result["container_log"] = log[-self.lines:] if self.lines > 0 else []
         text = " Container %s: %s." % (self.name, state)
         errors = error_lines(log)
         if errors:
@@ -676,8 +797,9 @@ def main():
             chat=dict(type="bool", default=True),
             stream=dict(type="bool", default=True),
             prompt=dict(type="str", default="Say hello in one short sentence."),
-            max_tokens=dict(type="int", default=16),
+            max_tokens=dict(type="int", default=16, no_log=False),
             temperature=dict(type="float", default=0.0),
+            extra_body=dict(type="dict", default={}),
             content_regex=dict(type="str"),
             container=dict(type="str"),
             container_log_lines=dict(type="int", default=30),
@@ -687,6 +809,7 @@ def main():
             client_cert=dict(type="path"),
             client_key=dict(type="path", no_log=False),
             use_proxy=dict(type="bool", default=True),
+            http_agent=dict(type="str", default="llmops.vllm.verify_endpoint"),
         ),
         supports_check_mode=True,
     )
@@ -700,10 +823,12 @@ def main():
             module.fail_json(msg="content_regex is not a valid regular expression: %s" % e, ready=False)
     if p["timeout"] <= 0 or p["request_timeout"] <= 0:
         module.fail_json(msg="timeout and request_timeout must be positive numbers of seconds", ready=False)
+    if p["max_tokens"] < 1:
+        module.fail_json(msg="max_tokens must be at least 1, not %d" % p["max_tokens"], ready=False)
 
     endpoint = Endpoint(p["url"], api_key=p["api_key"], headers=p["headers"], validate_certs=p["validate_certs"],
                         ca_path=p["ca_path"], client_cert=p["client_cert"], client_key=p["client_key"],
-                        use_proxy=p["use_proxy"], request_timeout=p["request_timeout"])
+                        use_proxy=p["use_proxy"], request_timeout=p["request_timeout"], http_agent=p["http_agent"])
     container = Container(module, p["container"], p["container_log_lines"]) if p["container"] else None
     verifier = Verifier(endpoint, p, watch=container.watch if container else None)
     result = dict(changed=False, url=endpoint.base_url, ready=False)
@@ -715,14 +840,18 @@ def main():
             chat = verifier.chat(result["model"])
             result.update(chat=chat, reply=chat["content"], latency=chat["latency"],
                           completion_tokens=chat["usage"]["completion_tokens"], tokens_per_second=chat["tokens_per_second"])
-            if p["stream"]:
-                stream = verifier.stream(result["model"])
-                result.update(stream=stream, time_to_first_token=stream["time_to_first_token"])
+        if p["stream"]:
+            stream = verifier.stream(result["model"])
+            result.update(stream=stream, time_to_first_token=stream["time_to_first_token"])
+            if not p["chat"]:
+                result.update(reply=stream["content"], latency=stream["latency"],
+                              completion_tokens=(stream.get("usage") or {}).get("completion_tokens"),
+                              tokens_per_second=stream.get("tokens_per_second"))
     except VerificationFailed as e:
         result.update(e.facts)
         msg = e.message
         if container:
-            msg += container.explain(result)
+            msg += container.explain(result, settle=e.went_away)
         module.fail_json(msg=msg, **result)
     module.exit_json(**result)
 

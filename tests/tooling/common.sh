@@ -18,6 +18,8 @@ IMAGE_SYSTEMD="llmops-test/debian12-systemd:latest"
 IMAGE_REGISTRY="llmops-test/registry:latest"
 VLLM_VERSION="0.32.0"
 IMAGE_VLLM="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}"
+# The same image with a `vllm` that exits at once: a release that never becomes ready.
+IMAGE_VLLM_BROKEN="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}-broken"
 HASH_LABEL="org.llmops.recipe-hash"
 
 step() { printf '%s: %s\n' "${PROG}" "$*"; }

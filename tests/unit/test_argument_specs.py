@@ -14,10 +14,20 @@ def load(role, *parts):
         return yaml.safe_load(f) or {}
 
 
+def all_options(role):
+    """Options of every entry point; an option described twice must be described the same way."""
+    options = {}
+    for entry, spec in load(role, "meta", "argument_specs.yml")["argument_specs"].items():
+        for name, option in spec.get("options", {}).items():
+            assert options.get(name, option).get("default") == option.get("default"), "%s differs between entry points" % name
+            options[name] = option
+    return options
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_defaults_and_argument_specs_agree(role):
     defaults = load(role, "defaults", "main.yml")
-    options = load(role, "meta", "argument_specs.yml")["argument_specs"]["main"]["options"]
+    options = all_options(role)
     assert sorted(defaults) == sorted(options), "defaults/main.yml and meta/argument_specs.yml list different variables"
     for name, value in defaults.items():
         assert "default" in options[name], "%s has no default in argument_specs" % name

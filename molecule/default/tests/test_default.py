@@ -4,7 +4,8 @@ import json
 
 import openai
 import pytest
-from llmops_testlib import MODEL, TEST_API_KEY, daemon_json, docker_info, inspect_container, outer_address, registry_digest, verify
+from llmops_testlib import (MODEL, TEST_API_KEY, TEST_HF_TOKEN, daemon_json, docker_info, inspect_container, outer_address, recap,
+                            registry_digest, run_playbook, verify)
 
 MIRROR = "http://llmops-registry:5000"
 IMAGE = "vllm/vllm-openai-cpu:v0.32.0-x86_64"
@@ -68,12 +69,39 @@ def test_vllm_options_are_in_its_config_file(host):
     assert "served-model-name: tiny-chat" in f.content_string
 
 
-def test_api_key_is_in_a_root_only_file_and_nowhere_else(host):
+@pytest.mark.parametrize("secret", [TEST_API_KEY, TEST_HF_TOKEN], ids=["API key", "HF token"])
+def test_secrets_are_in_a_root_only_file(host, secret):
     secrets = host.file("/data/vllm/configs/vllm.env")
     assert secrets.user == "root" and secrets.mode == 0o600
-    assert TEST_API_KEY in secrets.content_string
-    assert TEST_API_KEY not in host.check_output("docker inspect vllm")
-    assert TEST_API_KEY not in host.check_output("ps -eo args")
+    assert secret in secrets.content_string
+
+
+@pytest.mark.parametrize("secret", [TEST_API_KEY, TEST_HF_TOKEN], ids=["API key", "HF token"])
+def test_secrets_are_not_in_docker_inspect_or_the_process_list(host, secret):
+    assert secret not in host.check_output("docker inspect vllm")
+    assert secret not in host.check_output("ps -eww -o args")
+
+
+def test_the_server_got_its_secrets(host):
+    env = host.check_output("cat /proc/%s/environ", str(inspect_container(host, "vllm")["State"]["Pid"]))
+    assert "VLLM_API_KEY=%s" % TEST_API_KEY in env.split("\0") and "HF_TOKEN=%s" % TEST_HF_TOKEN in env.split("\0")
+
+
+def test_secrets_are_not_in_ansible_output_even_verbose(host):
+    result = run_playbook("site.yml", verbosity=3)
+    assert result.returncode == 0, result.output[-3000:]
+    assert TEST_API_KEY not in result.output and TEST_HF_TOKEN not in result.output
+    assert recap(result.output, host.backend.get_hostname())["changed"] == 0
+
+
+def test_a_rotated_key_is_not_in_the_diff_of_a_check_run(host):
+    # --check --diff shows what each changed file would look like: the secrets file must stay hidden.
+    rotated = "llmops-rotated-key-0123456789"
+    result = run_playbook("site.yml", {"vllm_server_api_key": rotated}, check=True, verbosity=3)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "secrets file of vllm" in result.output
+    assert rotated not in result.output and TEST_HF_TOKEN not in result.output
+    assert TEST_API_KEY in host.file("/data/vllm/configs/vllm.env").content_string, "check mode changed nothing"
 
 
 def test_vllm_logs_to_the_logs_directory(host):

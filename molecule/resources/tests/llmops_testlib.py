@@ -4,6 +4,7 @@ import json
 import subprocess
 
 TEST_API_KEY = "llmops-test-key"  # inventories/local: not a secret, a throwaway test host
+TEST_HF_TOKEN = "hf_llmopsTestTokenNotReal"  # inventories/local: not a real token
 MODEL = "tiny-chat"
 
 
@@ -29,10 +30,15 @@ def outer_address(host):
 
 
 def verify(host, **args):
-    """Run the collection's verify_endpoint module on the host; return its result."""
+    """Run the collection's verify_endpoint module on the host; return its result.
+
+    testinfra drops the `failed` flag from ansible-core 2.19's results, so it is set here from
+    `msg`, which verify_endpoint returns only when it fails.
+    """
     args.setdefault("url", "http://127.0.0.1:8000")
-    return host.ansible("llmops.vllm.verify_endpoint", " ".join("%s=%s" % (k, json.dumps(v) if not isinstance(v, str) else v)
-                                                                  for k, v in args.items()), check=False)
+    result = host.backend.run_ansible("llmops.vllm.verify_endpoint", json.dumps(args), check=False)
+    result["failed"] = bool(result.get("failed")) or "msg" in result
+    return result
 
 
 def registry_digest(repository, tag, registry="http://127.0.0.1:5000"):
@@ -51,3 +57,38 @@ def registry_digest(repository, tag, registry="http://127.0.0.1:5000"):
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.headers["Docker-Content-Digest"]
+
+
+def run_playbook(playbook, extra_vars=None, check=False, verbosity=0):
+    """Run one of the collection's playbooks (e.g. "site.yml", "playbooks/upgrade.yml") against the
+    scenario's inventory; return the CompletedProcess with stdout and stderr joined in .output."""
+    import os
+
+    root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(root, playbook)]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    if check:
+        cmd += ["--check", "--diff"]
+    if verbosity:
+        cmd.append("-" + "v" * verbosity)
+    # molecule passes its provisioner's environment (ANSIBLE_CONFIG, collections path) to the tests
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def recap(output, host):
+    """The PLAY RECAP counters of one host, as a dict."""
+    import re
+
+    match = re.search(r"^%s\s+:\s+(.*)$" % re.escape(host), output, re.M)
+    assert match, "no recap line for %s in:\n%s" % (host, output[-3000:])
+    return dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1)))
+
+
+def containers(host):
+    """Managed vLLM containers on the host: name -> inspect data."""
+    names = host.check_output("docker ps -a --filter label=org.llmops.vllm.instance --format '{{.Names}}'").split()
+    return dict((name, inspect_container(host, name)) for name in names)

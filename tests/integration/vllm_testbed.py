@@ -1,0 +1,197 @@
+"""Helpers of the integration tests: the vLLM container and the module run (see conftest.py)."""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.path.dirname(sys.executable)
+PREFIX = os.environ.get("LLMOPS_IT_PREFIX", "llmops-it-") + secrets.token_hex(3) + "-"
+IMAGE = os.environ.get("LLMOPS_IT_IMAGE", "llmops-test/vllm-openai-cpu:v0.32.0")
+MODELS = os.path.abspath(os.environ.get("LLMOPS_IT_MODELS", os.path.join(ROOT, ".cache", "models")))
+# Not a secret: the key of throwaway test servers.
+API_KEY = "llmops-it-key"
+
+
+def docker(*args, check=True, timeout=120):
+    result = subprocess.run(["docker"] + list(args), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError("docker %s failed: %s" % (" ".join(args), result.stderr.strip()))
+    return result.stdout.strip()
+
+
+class VllmContainer(object):
+    """One `vllm serve` in the CPU image, as its docs run it, with the API port on 127.0.0.1."""
+
+    def __init__(self, name, model, served_model_name=None, api_key=None, args=()):
+        self.name = PREFIX + name
+        self.model = model
+        self.served_model_name = served_model_name
+        self.api_key = api_key
+        self.args = list(args)
+        self.port = None
+        self.started_at = None
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def start(self):
+        command = ["run", "-d", "--name", self.name, "--shm-size", "512m", "-p", "127.0.0.1::8000",
+                   "-v", MODELS + ":/root/.cache/huggingface:ro",
+                   "-e", "HF_HUB_OFFLINE=1", "-e", "VLLM_CPU_KVCACHE_SPACE=1",
+                   IMAGE, self.model, "--max-model-len", "2048"]
+        if self.served_model_name:
+            command += ["--served-model-name", self.served_model_name]
+        if self.api_key:
+            command += ["--api-key", self.api_key]
+        docker(*(command + self.args))
+        self.started_at = time.monotonic()
+        # docker assigns the host port; read it while the container runs
+        self.port = int(docker("port", self.name, "8000").splitlines()[0].rsplit(":", 1)[1])
+        return self
+
+    def state(self):
+        return docker("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name)
+
+    def kill(self):
+        docker("kill", self.name)
+
+    def remove(self):
+        docker("rm", "-f", "-v", self.name, check=False)
+
+    def metric(self, name):
+        """A gauge of vLLM's Prometheus endpoint (it needs no key), or None while it does not answer."""
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except (OSError, urllib.error.URLError):
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+
+def _module_env():
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+        ANSIBLE_STDOUT_CALLBACK="json",
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_LOCALHOST_WARNING="false",
+        ANSIBLE_NOCOLOR="1",
+        PATH=BIN + os.pathsep + env.get("PATH", ""),
+    )
+    # the module falls back to these; a test decides which key is sent
+    env.pop("VLLM_API_KEY", None)
+    env.pop("OPENAI_API_KEY", None)
+    return env
+
+
+class ModuleRun(object):
+    """`ansible localhost -m llmops.vllm.verify_endpoint -a <args>`, started now."""
+
+    def __init__(self, args, check_mode=False):
+        command = [os.path.join(BIN, "ansible"), "localhost", "-m", "llmops.vllm.verify_endpoint", "-a", json.dumps(args)]
+        if check_mode:
+            command.append("--check")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(command, cwd=ROOT, env=_module_env(), stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.stdout = None
+        self.elapsed = None
+
+    def result(self, timeout=900):
+        stdout, stderr = self.process.communicate(timeout=timeout)
+        self.elapsed = time.monotonic() - self.started_at
+        self.stdout = stdout
+        try:
+            data = json.loads(stdout)
+        except ValueError:
+            raise AssertionError("ansible printed no JSON (rc %s): %s\n%s" % (self.process.returncode, stdout, stderr))
+        result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
+        # what a person reads on failure; `ansible` exits 2 then
+        assert (self.process.returncode == 2) == bool(result.get("failed")), (self.process.returncode, result)
+        return result
+
+
+class TlsProxy(object):
+    """A TLS terminator in front of the vLLM server (what nginx or a load balancer does on a fleet), with a
+    self-signed certificate for 127.0.0.1 written to cert_path."""
+
+    def __init__(self, backend_port, directory):
+        import datetime
+        import ipaddress
+        import socket
+        import ssl
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmops-it-proxy")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        self.cert_path = os.path.join(str(directory), "proxy.pem")
+        key_path = os.path.join(str(directory), "proxy.key")
+        with open(self.cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_path, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_path, key_path)
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = "https://127.0.0.1:%d" % self.port
+
+        def pump(source, target):
+            try:
+                while True:
+                    data = source.recv(65536)
+                    if not data:
+                        break
+                    target.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (source, target):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def serve():
+            while True:
+                try:
+                    client, _ = self.listener.accept()
+                except OSError:
+                    return
+                try:
+                    client = context.wrap_socket(client, server_side=True)
+                except (OSError, ssl.SSLError):
+                    # a client that refuses the certificate: the case under test
+                    client.close()
+                    continue
+                backend = socket.create_connection(("127.0.0.1", backend_port))
+                threading.Thread(target=pump, args=(client, backend), daemon=True).start()
+                threading.Thread(target=pump, args=(backend, client), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.listener.close()

@@ -1,0 +1,60 @@
+"""Each module's DOCUMENTATION, EXAMPLES and RETURN parse, and the documented options are the argument spec.
+
+A fast guard for `make unit`; `make sanity` (ansible-test validate-modules) checks the same and more.
+"""
+
+import ast
+import os
+
+import pytest
+import yaml
+
+from ansible.module_utils import basic
+
+MODULES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "plugins", "modules")
+MODULES = sorted(f[:-3] for f in os.listdir(MODULES_DIR) if f.endswith(".py") and not f.startswith("_"))
+
+
+def doc_blocks(name):
+    with open(os.path.join(MODULES_DIR, name + ".py")) as f:
+        tree = ast.parse(f.read())
+    return {n.targets[0].id: n.value.value for n in tree.body
+            if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) in ("DOCUMENTATION", "EXAMPLES", "RETURN")}
+
+
+def argument_spec(name, monkeypatch):
+    """The argument_spec main() passes to AnsibleModule."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(self, argument_spec, **kwargs):
+        seen.update(argument_spec)
+        raise Stop()
+
+    monkeypatch.setattr(basic.AnsibleModule, "__init__", capture)
+    module = __import__("ansible_collections.llmops.vllm.plugins.modules." + name, fromlist=["main"])
+    with pytest.raises(Stop):
+        module.main()
+    return seen
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_documentation_parses(name):
+    blocks = doc_blocks(name)
+    assert sorted(blocks) == ["DOCUMENTATION", "EXAMPLES", "RETURN"]
+    for text in blocks.values():
+        yaml.safe_load(text)
+    doc = yaml.safe_load(blocks["DOCUMENTATION"])
+    assert doc["module"] == name and doc["attributes"]["check_mode"]["support"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_documented_options_are_the_argument_spec(name, monkeypatch):
+    options = yaml.safe_load(doc_blocks(name)["DOCUMENTATION"])["options"]
+    spec = argument_spec(name, monkeypatch)
+    assert sorted(options) == sorted(spec)
+    for option, doc in options.items():
+        assert doc.get("type", "str") == spec[option].get("type", "str"), option
+        assert doc.get("default") == spec[option].get("default"), option
