@@ -1,5 +1,6 @@
 """gpu-host: Docker and the NVIDIA Container Toolkit from (double) repositories, wired as NVIDIA documents."""
 
+import csv
 import json
 import os
 import re
@@ -11,7 +12,12 @@ SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "llmops-i4/tiny:bookworm"
 PRIVATE = "llmops-i4-auth-registry:5000"
 PASSWORD = "i4-registry-pass-7Qw"  # what group_vars/gpu_hosts/vault.yml holds; a test secret
-HOST_UUIDS = ["GPU-30667114-4567-bc4a-029b-3375d117048e", "GPU-fbe2dd5d-3644-5c37-3179-8ad50079b7d4"]
+# The GPUs the fake driver reports: its recorded dataset, read here on its own (not with the
+# collection's parser, which the tests must not trust to check itself).
+with open(os.path.join(SCENARIO, "..", "..", "tests", "doubles", "nvidia", "driver", "dataset", "query.csv")) as f:
+    _rows = list(csv.reader(f.read().splitlines(), skipinitialspace=True))
+FAKE_GPUS = [dict(zip([h.split(" [")[0] for h in _rows[0]], row)) for row in _rows[1:]]
+HOST_UUIDS = [gpu["uuid"] for gpu in FAKE_GPUS]
 
 
 def package(host, name):
@@ -88,7 +94,8 @@ def test_gpus_all_gives_the_container_the_hosts_gpus(host):
 
 
 def test_a_device_request_selects_one_gpu(host):
-    assert gpus_in_container(host, "--gpus", "device=1") == [HOST_UUIDS[1]]
+    last = len(HOST_UUIDS) - 1
+    assert gpus_in_container(host, "--gpus", "device=%d" % last) == [HOST_UUIDS[last]]
 
 
 def test_the_nvidia_runtime_injects_gpus_too(host):

@@ -5,7 +5,10 @@ import os
 
 import pytest
 from llmops_daemon import run_molecule_playbook
+from test_gpu_host import FAKE_GPUS
 
+DRIVER = FAKE_GPUS[0]["driver_version"]
+NAMES = ", ".join(sorted(set(gpu["name"] for gpu in FAKE_GPUS), key=[gpu["name"] for gpu in FAKE_GPUS].index))
 PLAYBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "preflight.yml")
 TINY = "llmops-i4/tiny:bookworm"
 
@@ -19,7 +22,7 @@ def preflight(**variables):
 def test_the_converged_host_passes():
     rc, output = preflight()
     assert rc == 0, output[-3000:]
-    assert "2 GPU(s) (NVIDIA RTX A5000, NVIDIA RTX 4500 Ada Generation), driver 610.57.04" in output
+    assert "%d GPU(s) (%s), driver %s" % (len(FAKE_GPUS), NAMES, DRIVER) in output
     assert "needs CUDA 13.0, driver 580 or newer" in output
 
 
@@ -32,7 +35,7 @@ def test_the_cuda_version_comes_from_the_image_tag():
 def test_a_driver_too_old_for_the_image_stops_the_play():
     rc, output = preflight(preflight_cuda_min_driver={"13": "999"})
     assert rc != 0
-    assert "llmops-i4-gpu-host runs NVIDIA driver 610.57.04, too old for vllm/vllm-openai:v0.32.0" in output
+    assert "llmops-i4-gpu-host runs NVIDIA driver %s, too old for vllm/vllm-openai:v0.32.0" % DRIVER in output
     assert "CUDA 13.0 needs driver 999" in output and "Upgrade the driver" in output
 
 
