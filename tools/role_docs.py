@@ -21,7 +21,9 @@ def cell(text):
 
 
 def value(v):
-    if v == "" or v is None:
+    if v is None:
+        return "`null`"
+    if v == "":
         return '`""`'
     if isinstance(v, bool):
         return "`%s`" % str(v).lower()

@@ -39,6 +39,15 @@ options:
       - V(null) removes the key.
     type: dict
     required: true
+  list_options:
+    description:
+      - Entries to set in list-valued keys whose entries are C(NAME=VALUE) options, such as
+        C(exec-opts) (C(native.cgroupdriver=cgroupfs)) or C(labels).
+      - An entry replaces the file's entry with the same C(NAME); the file's other entries are kept,
+        in their order. An entry without C(=) is added when the list does not have it.
+      - Applied after O(settings).
+    type: dict
+    default: {}
   validate:
     description:
       - V(auto) runs C(dockerd --validate --config-file) on the merged file when the installed
@@ -66,8 +75,8 @@ attributes:
   idempotent:
     support: full
 notes:
-  - Docker reads this file only at start-up or on C(SIGHUP) for the keys it can reload; restarting
-    the daemon is the caller's job (a handler), and only when the module reports a change.
+  - Docker reads this file only at start-up, or on C(SIGHUP) (C(systemctl reload docker)) for the
+    keys it can reload. Applying the change is the caller's job (a handler), as RV(apply) says.
 seealso:
   - name: dockerd configuration file reference
     description: Every key Docker accepts in daemon.json.
@@ -94,6 +103,13 @@ EXAMPLES = r"""
           path: nvidia-container-runtime
           args: []
 
+- name: Use the cgroupfs cgroup driver, keeping any other exec-opts
+  llmops.vllm.docker_daemon_config:
+    settings: {}
+    list_options:
+      exec-opts:
+        - native.cgroupdriver=cgroupfs
+
 - name: Stop managing a key the collection set earlier
   llmops.vllm.docker_daemon_config:
     settings:
@@ -117,6 +133,24 @@ changed_keys:
   type: list
   elements: str
   sample: ["registry-mirrors"]
+apply:
+  description:
+    - What the daemon needs to pick the change up. V(none) when nothing changed; V(reload) when every
+      changed key is one Docker reloads on C(SIGHUP) (C(debug), C(labels), C(live-restore),
+      C(max-concurrent-downloads), C(max-concurrent-uploads), C(max-download-attempts),
+      C(default-runtime), C(runtimes), C(authorization-plugins), C(insecure-registries),
+      C(registry-mirrors), C(shutdown-timeout)); V(restart) otherwise.
+  returned: success
+  type: str
+  sample: reload
+live_restore_turned_on:
+  description:
+    - Whether the change turns C(live-restore) on. The running daemon does not have it yet, so a
+      restart would stop the containers; reloading first (C(SIGHUP)) turns it on, and the restart
+      that follows keeps them running.
+  returned: success
+  type: bool
+  sample: false
 validated:
   description: Whether C(dockerd --validate) checked the merged file.
   returned: success
@@ -138,6 +172,20 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
 
+# daemon.json keys dockerd applies on SIGHUP without a restart (docs: "Configuration reload behavior").
+RELOADABLE = frozenset([
+    "debug", "labels", "live-restore", "max-concurrent-downloads", "max-concurrent-uploads",
+    "max-download-attempts", "default-runtime", "runtimes", "authorization-plugins",
+    "insecure-registries", "registry-mirrors", "shutdown-timeout",
+])
+
+
+def how_to_apply(changed_keys):
+    if not changed_keys:
+        return "none"
+    return "reload" if set(changed_keys) <= RELOADABLE else "restart"
+
+
 def merge_settings(current, settings):
     """Return current with settings merged in; dicts recurse, None deletes, the rest replaces."""
     merged = copy.deepcopy(current)
@@ -148,6 +196,27 @@ def merge_settings(current, settings):
             merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def set_list_options(current, list_options):
+    """Return current with NAME=VALUE entries set in list-valued keys, other entries kept."""
+    merged = copy.deepcopy(current)
+    for key, entries in list_options.items():
+        values = list(merged.get(key) or [])
+        for entry in entries:
+            name = entry.split("=", 1)[0] + "=" if "=" in entry else None
+            if name is None:
+                if entry not in values:
+                    values.append(entry)
+                continue
+            positions = [i for i, v in enumerate(values) if isinstance(v, str) and v.startswith(name)]
+            if positions:
+                values[positions[0]] = entry
+                values = [v for i, v in enumerate(values) if i not in positions[1:]]
+            else:
+                values.append(entry)
+        merged[key] = values
     return merged
 
 
@@ -208,6 +277,7 @@ def main():
         argument_spec=dict(
             path=dict(type="path", default="/etc/docker/daemon.json"),
             settings=dict(type="dict", required=True),
+            list_options=dict(type="dict", default={}),
             validate=dict(type="str", choices=["auto", "always", "never"], default="auto"),
             dockerd_path=dict(type="path"),
             backup=dict(type="bool", default=False),
@@ -217,7 +287,13 @@ def main():
     )
     path = module.params["path"]
     current, raw = read_config(module, path)
-    merged = merge_settings(current, module.params["settings"])
+    for key, entries in module.params["list_options"].items():
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            module.fail_json(msg="list_options.%s must be a list of NAME=VALUE strings" % key)
+        if not isinstance(current.get(key, []), list):
+            module.fail_json(msg="%s holds %s as a %s, not a list; fix it by hand, then run again."
+                             % (path, key, type(current[key]).__name__))
+    merged = set_list_options(merge_settings(current, module.params["settings"]), module.params["list_options"])
     changed = merged != current
     changed_keys = sorted(
         k for k in set(current) | set(merged) if current.get(k, object()) != merged.get(k, object())
@@ -242,6 +318,8 @@ def main():
         config=merged,
         previous=current,
         changed_keys=changed_keys,
+        apply=how_to_apply(changed_keys),
+        live_restore_turned_on=bool(merged.get("live-restore")) and not bool(current.get("live-restore")),
         validated=validated,
     )
     if module._diff:

@@ -120,3 +120,48 @@ def test_old_dockerd_skips_validation_in_auto_and_fails_in_always(run_module, da
     assert kind == "exit" and result["validated"] is False
     kind, result = run_module(mod.main, {"path": str(daemon_json), "settings": {"debug": True}, "dockerd_path": old, "validate": "always"})
     assert kind == "fail" and "dockerd --validate needs Docker Engine 23.0" in result["msg"]
+
+
+@pytest.mark.parametrize("settings, apply", [
+    ({"registry-mirrors": ["http://m"], "insecure-registries": ["10.0.0.6:5000"]}, "reload"),
+    ({"runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}, "default-runtime": "runc"}, "reload"),
+    ({"exec-opts": ["native.cgroupdriver=cgroupfs"]}, "restart"),
+    ({"log-opts": {"max-size": "50m"}, "registry-mirrors": ["http://m"]}, "restart"),
+    ({"insecure-registries": ["10.0.0.5:5000"]}, "none"),
+])
+def test_says_whether_a_reload_is_enough(run_module, daemon_json, settings, apply):
+    kind, result = run_module(mod.main, {"path": str(daemon_json), "settings": settings, "validate": "never"}, check_mode=True)
+    assert kind == "exit" and result["apply"] == apply
+
+
+def test_says_when_live_restore_is_turned_on(run_module, daemon_json):
+    kind, result = run_module(mod.main, {"path": str(daemon_json), "settings": {"live-restore": True}, "validate": "never"})
+    assert result["live_restore_turned_on"] is True
+    kind, result = run_module(mod.main, {"path": str(daemon_json), "settings": {"live-restore": True, "debug": True}, "validate": "never"})
+    assert result["live_restore_turned_on"] is False
+
+
+def test_list_options_replace_an_entry_by_name_and_keep_the_others():
+    current = {"exec-opts": ["native.umask=normal", "native.cgroupdriver=systemd"]}
+    merged = mod.set_list_options(current, {"exec-opts": ["native.cgroupdriver=cgroupfs"]})
+    assert merged["exec-opts"] == ["native.umask=normal", "native.cgroupdriver=cgroupfs"]
+    assert mod.set_list_options({}, {"exec-opts": ["native.cgroupdriver=cgroupfs"]}) == {"exec-opts": ["native.cgroupdriver=cgroupfs"]}
+    assert mod.set_list_options(merged, {"exec-opts": ["native.cgroupdriver=cgroupfs"]}) == merged
+
+
+def test_list_options_through_the_module_are_idempotent(run_module, daemon_json):
+    args = {"path": str(daemon_json), "settings": {}, "list_options": {"exec-opts": ["native.cgroupdriver=cgroupfs"]}, "validate": "never"}
+    kind, first = run_module(mod.main, args)
+    kind, second = run_module(mod.main, args)
+    assert first["changed"] is True and first["apply"] == "restart"
+    assert second["changed"] is False
+    on_disk = json.loads(daemon_json.read_text())
+    assert on_disk["exec-opts"] == ["native.cgroupdriver=cgroupfs"] and on_disk["runtimes"] == FOREIGN["runtimes"]
+
+
+def test_list_options_refuse_a_key_that_is_not_a_list(run_module, tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text('{"exec-opts": "native.cgroupdriver=systemd"}')
+    kind, result = run_module(mod.main, {"path": str(path), "settings": {}, "list_options": {"exec-opts": ["native.cgroupdriver=cgroupfs"]}})
+    assert kind == "fail" and "not a list" in result["msg"]
+    assert path.read_text() == '{"exec-opts": "native.cgroupdriver=systemd"}'
