@@ -143,4 +143,41 @@ YAML
 python3 -m ansible playbook --check -i localhost, /tmp/preflight-play.yml >"${OUT}/preflight.log" 2>&1
 note "rc=$? preflight.log"
 grep -E "msg:|fatal|ok=" "${OUT}/preflight.log" | head -20 | tee -a "${SUMMARY}"
+
+# vllm_server's own preflight on real GPUs: which GPUs exist, tensor_parallel_size from them, and
+# the weight fit estimate against the real memory. A 70B model in bf16 on one 80 GB GPU must be
+# refused; an 8B one must pass.
+note "== vllm_server preflight: fit check =="
+cat >/tmp/vllm-fit-play.yml <<'YAML'
+- name: vllm_server preflight on a real GPU host
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: /usr/bin/python3
+    vllm_server_api_key: device-test-key
+    vllm_server_base_dir: /tmp/vllm-fit
+  tasks:
+    - name: Run the role's preflight
+      ansible.builtin.include_role:
+        name: llmops.vllm.vllm_server
+        tasks_from: preflight.yml
+        public: true
+    - name: Show what the role derived
+      ansible.builtin.debug:
+        msg: "{{ _vllm_server_host_gpus }} / {{ _vllm_server_instances | map(attribute='options') | list }}"
+YAML
+python3 -m ansible playbook -i localhost, /tmp/vllm-fit-play.yml \
+  -e '{"vllm_server_instances": [{"name": "llama-8b", "model": "meta-llama/Llama-3.1-8B-Instruct", "parameters": "8B", "gpus": "all"}]}' \
+  >"${OUT}/vllm-fit-pass.log" 2>&1
+note "rc=$? vllm-fit-pass.log (expected 0)"
+python3 -m ansible playbook -i localhost, /tmp/vllm-fit-play.yml \
+  -e '{"vllm_server_instances": [{"name": "llama-70b", "model": "meta-llama/Llama-3.3-70B-Instruct", "parameters": "70B", "gpus": [0]}]}' \
+  >"${OUT}/vllm-fit-refuse.log" 2>&1
+note "rc=$? vllm-fit-refuse.log (expected 2)"
+python3 -m ansible playbook -i localhost, /tmp/vllm-fit-play.yml \
+  -e '{"vllm_server_instances": [{"name": "two-gpus", "model": "m/m", "gpus": [0, 1]}]}' \
+  >"${OUT}/vllm-fit-missing-gpu.log" 2>&1
+note "rc=$? vllm-fit-missing-gpu.log (expected 2: the host has one GPU)"
+grep -hE "needs about|does not have|msg:" "${OUT}"/vllm-fit-*.log | head -12 | tee -a "${SUMMARY}"
 exit 0
