@@ -12,7 +12,7 @@ SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(SCENARIO, "files", "daemon.foreign.json")) as f:
     FOREIGN = json.load(f)
 MIRROR = "http://llmops-registry:5000"
-TINY = "llmops-i4/tiny:bookworm"
+TINY = "llmops-test/tiny:bookworm"
 # The keys the docker role manages in this scenario; every other key of the seed must survive as it was.
 MANAGED = {"live-restore", "log-driver", "log-opts", "registry-mirrors", "data-root"}
 
@@ -62,7 +62,7 @@ def test_images_come_through_the_mirror(host):
     # digest the host records is the one the test registry holds.
     host.check_output("docker pull %s", TINY)
     digests = json.loads(host.check_output("docker image inspect --format '{{json .RepoDigests}}' %s", TINY))
-    assert digests == ["llmops-i4/tiny@" + registry_digest("llmops-i4/tiny", "bookworm")]
+    assert digests == ["llmops-test/tiny@" + registry_digest("llmops-test/tiny", "bookworm")]
 
 
 # A one-line HTTP server in perl-base, which the minimal image has.
@@ -72,12 +72,12 @@ ECHO = ('$s=IO::Socket::INET->new(LocalPort=>8080,Listen=>64,ReuseAddr=>1) or di
 
 @pytest.fixture
 def echo_container(host):
-    host.run("docker rm -f llmops-i4-echo")
-    host.check_output("docker run -d --name llmops-i4-echo -p 8080:8080 --restart unless-stopped %s perl -MIO::Socket::INET -e %s",
+    host.run("docker rm -f llmops-echo")
+    host.check_output("docker run -d --name llmops-echo -p 8080:8080 --restart unless-stopped %s perl -MIO::Socket::INET -e %s",
                       TINY, ECHO)
     assert host.run("for i in $(seq 50); do curl -fsS --max-time 1 http://127.0.0.1:8080/ && exit 0; sleep 0.2; done; exit 1").rc == 0
-    yield "llmops-i4-echo"
-    host.run("docker rm -f llmops-i4-echo")
+    yield "llmops-echo"
+    host.run("docker rm -f llmops-echo")
 
 
 def test_a_running_container_keeps_serving_while_docker_restarts(host, echo_container):
@@ -98,5 +98,5 @@ def test_a_running_container_keeps_serving_while_docker_restarts(host, echo_cont
 def test_check_mode_on_the_converged_host_changes_nothing():
     rc, output = run_molecule_playbook_in_check_mode(os.path.join(SCENARIO, "converge.yml"))
     assert rc == 0, output[-3000:]
-    recap = re.search(r"llmops-i4-docker-merge\s*:\s*ok=\d+\s+changed=(\d+).*failed=(\d+)", output)
+    recap = re.search(r"llmops-docker-merge\s*:\s*ok=\d+\s+changed=(\d+).*failed=(\d+)", output)
     assert recap and recap.group(1) == "0" and recap.group(2) == "0", output[-3000:]

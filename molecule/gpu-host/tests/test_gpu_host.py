@@ -9,8 +9,8 @@ import pytest
 from llmops_daemon import daemon_json, docker_info, run_molecule_playbook_in_check_mode
 
 SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = "llmops-i4/tiny:bookworm"
-PRIVATE = "llmops-i4-auth-registry:5000"
+TINY = "llmops-test/tiny:bookworm"
+PRIVATE = "llmops-auth-registry:5000"
 PASSWORD = "i4-registry-pass-7Qw"  # what group_vars/gpu_hosts/vault.yml holds; a test secret
 # The GPUs the fake driver reports: its recorded dataset, read here on its own (not with the
 # collection's parser, which the tests must not trust to check itself).
@@ -37,7 +37,7 @@ def test_docker_comes_from_the_repository_at_the_pinned_version(host):
 
 def test_the_repository_is_configured_as_docker_documents(host):
     sources = host.file("/etc/apt/sources.list.d/docker.sources").content_string
-    assert "URIs: http://llmops-i4-pkg-repos/docker/linux/debian" in sources
+    assert "URIs: http://llmops-pkg-repos/docker/linux/debian" in sources
     assert "Suites: bookworm" in sources and "Components: stable" in sources
     assert "Signed-By: /etc/apt/keyrings/docker.asc" in sources
     assert host.file("/etc/apt/keyrings/docker.asc").content_string.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
@@ -68,7 +68,7 @@ def test_toolkit_packages_are_pinned_together(host, name):
 def test_the_toolkit_repository_is_nvidias_line(host):
     line = host.file("/etc/apt/sources.list.d/nvidia-container-toolkit.list").content_string
     assert ("deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.asc] "
-            "http://llmops-i4-pkg-repos/nvidia/libnvidia-container/stable/deb/$(ARCH) /") in line
+            "http://llmops-pkg-repos/nvidia/libnvidia-container/stable/deb/$(ARCH) /") in line
 
 
 def test_daemon_json_has_the_runtime_and_the_cgroupfs_workaround(host):
@@ -117,7 +117,7 @@ def test_cdi_spec_is_generated_by_nvidia_cdi_refresh(host):
 
 # --- containers keep their GPUs through `systemctl daemon-reload` -------------------------
 
-GPU_JOB = "llmops-i4-gpu-job"
+GPU_JOB = "llmops-gpu-job"
 
 
 def emulates_device_cgroups(host):
@@ -178,7 +178,7 @@ def test_the_private_registry_wants_a_login(host):
 def test_the_stored_login_pushes_and_pulls(host):
     config = json.loads(host.file("/root/.docker/config.json").content_string)
     assert PRIVATE in config["auths"]
-    private_image = PRIVATE + "/llmops-i4/private:1"
+    private_image = PRIVATE + "/llmops-test/private:1"
     host.check_output("docker pull %s && docker tag %s %s && docker push %s", TINY, TINY, private_image, private_image)
     host.check_output("docker rmi %s && docker pull %s", private_image, private_image)
 
@@ -197,5 +197,5 @@ def test_the_password_never_reaches_ansibles_output():
 def test_check_mode_on_the_converged_host_changes_nothing():
     rc, output = run_molecule_playbook_in_check_mode(os.path.join(SCENARIO, "converge.yml"))
     assert rc == 0, output[-3000:]
-    recap = re.search(r"llmops-i4-gpu-host\s*:\s*ok=\d+\s+changed=(\d+).*failed=(\d+)", output)
+    recap = re.search(r"llmops-gpu-host\s*:\s*ok=\d+\s+changed=(\d+).*failed=(\d+)", output)
     assert recap and recap.group(1) == "0" and recap.group(2) == "0", output[-3000:]

@@ -10,7 +10,7 @@ from test_gpu_host import FAKE_GPUS
 DRIVER = FAKE_GPUS[0]["driver_version"]
 NAMES = ", ".join(sorted(set(gpu["name"] for gpu in FAKE_GPUS), key=[gpu["name"] for gpu in FAKE_GPUS].index))
 PLAYBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "preflight.yml")
-TINY = "llmops-i4/tiny:bookworm"
+TINY = "llmops-test/tiny:bookworm"
 
 
 def preflight(**variables):
@@ -35,7 +35,7 @@ def test_the_cuda_version_comes_from_the_image_tag():
 def test_a_driver_too_old_for_the_image_stops_the_play():
     rc, output = preflight(preflight_cuda_min_driver={"13": "999"})
     assert rc != 0
-    assert "llmops-i4-gpu-host runs NVIDIA driver %s, too old for vllm/vllm-openai:v0.32.0" % DRIVER in output
+    assert "llmops-gpu-host runs NVIDIA driver %s, too old for vllm/vllm-openai:v0.32.0" % DRIVER in output
     assert "CUDA 13.0 needs driver 999" in output and "Upgrade the driver" in output
 
 
@@ -46,7 +46,7 @@ def test_no_working_driver_stops_the_play_and_names_the_cause(host):
     finally:
         host.check_output("mv /usr/share/llmops-nvidia-double/query.csv.away /usr/share/llmops-nvidia-double/query.csv")
     assert rc != 0
-    assert "llmops-i4-gpu-host has no usable NVIDIA GPU" in output
+    assert "llmops-gpu-host has no usable NVIDIA GPU" in output
     assert "couldn't communicate with the NVIDIA driver" in output and "Install the driver" in output
     assert "llmops_cpu_only: true" in output
 
@@ -60,16 +60,16 @@ def test_not_enough_disk_names_the_file_system_and_what_needs_it():
 
 @pytest.fixture
 def squatter(host):
-    host.run("docker rm -f llmops-i4-squatter")
-    host.check_output("docker run -d --name llmops-i4-squatter -p 8000:8080 %s sleep 600", TINY)
-    yield "llmops-i4-squatter"
-    host.run("docker rm -f llmops-i4-squatter")
+    host.run("docker rm -f llmops-squatter")
+    host.check_output("docker run -d --name llmops-squatter -p 8000:8080 %s sleep 600", TINY)
+    yield "llmops-squatter"
+    host.run("docker rm -f llmops-squatter")
 
 
 def test_a_port_held_by_another_container_stops_the_play(squatter):
     rc, output = preflight(preflight_ports=[{"port": 8000, "container": "vllm"}])
     assert rc != 0
-    assert "port 8000, which the vLLM container vllm is to publish, is held by the container(s) llmops-i4-squatter" in output
+    assert "port 8000, which the vLLM container vllm is to publish, is held by the container(s) llmops-squatter" in output
     assert "give the vLLM instance another port" in output
 
 
