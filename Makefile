@@ -76,6 +76,8 @@ test: lint unit sanity integration molecule
 
 clean: demo-down
 	-for scenario in $(SCENARIOS); do [ -x $(BIN)/molecule ] && molecule destroy --scenario-name "$$scenario"; done
+	tests/doubles/package-repos down
+	-docker rm -f llmops-auth-registry
 	$(TOOLING)/registry down
 
 distclean: clean
