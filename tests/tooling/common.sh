@@ -61,3 +61,23 @@ recipe_hash() {
 image_hash() {
   docker image inspect --format "{{ index .Config.Labels \"${HASH_LABEL}\" }}" "$1" 2>/dev/null || true
 }
+
+# ensure_commands COMMAND:PACKAGE...: installs, with apt, the Debian package of
+# each command that is not on PATH (a fresh machine of this kind lacks some).
+ensure_commands() {
+  local pair missing=()
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  ((${#missing[@]})) || return 0
+  [[ $(id -u) -eq 0 ]] || die "missing Debian packages ${missing[*]}: apt-get install ${missing[*]} (needs root)"
+  step "installing ${missing[*]} with apt"
+  local apt_log
+  apt_log="$(mktemp)"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"${apt_log}" 2>&1; then
+    tail -n 10 "${apt_log}" >&2
+    die "apt-get install ${missing[*]} failed (log above)"
+  fi
+  rm -f "${apt_log}"
+}
