@@ -158,6 +158,9 @@ def test_a_server_that_never_becomes_ready(containers, run_module):
 @pytest.mark.kills_shared_server
 def test_server_killed_in_the_middle_of_a_streamed_reply(chat_server):
     """A long streamed reply (vLLM's ignore_eos), and `docker kill` while it streams."""
+    # On a fast machine the tiny model streams 2000 tokens in about 2 s, too quick to kill
+    # reliably in the middle: a CPU quota makes the same server take ten times longer.
+    chat_server.limit_cpus(0.2)
     run = ModuleRun({"url": chat_server.url, "model": "tiny-chat", "api_key": API_KEY, "chat": False, "stream": True,
                      "max_tokens": 2000, "extra_body": {"ignore_eos": True}, "container": chat_server.name,
                      "request_timeout": 60})

@@ -62,6 +62,10 @@ class VllmContainer(object):
     def kill(self):
         docker("kill", self.name)
 
+    def limit_cpus(self, cpus):
+        """Give the running server a CPU quota (cgroup CFS): it serves as before, only slower."""
+        docker("update", "--cpus", str(cpus), self.name)
+
     def remove(self):
         docker("rm", "-f", "-v", self.name, check=False)
 
