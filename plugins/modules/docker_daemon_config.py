@@ -265,9 +265,13 @@ def validate(module, dockerd, content):
     finally:
         os.unlink(tmp)
     if rc != 0:
+        # dockerd names the temporary file it was given, which means nothing to a person
+        said = (err or out).strip().replace(
+            "unable to configure the Docker daemon with file %s: " % tmp, ""
+        ).replace(tmp, module.params["path"])
         module.fail_json(
             msg="dockerd rejected the merged configuration, so %s was not changed: %s"
-            % (module.params["path"], (err or out).strip()),
+            % (module.params["path"], said),
             rc=rc,
         )
 

@@ -81,3 +81,20 @@ ensure_commands() {
   fi
   rm -f "${apt_log}"
 }
+
+# fetch_deb POOL_PATH SHA256: downloads a package from Debian's archive into the cache once,
+# checks its sha256, and prints the cached file's path.
+fetch_deb() {
+  local pool_path=$1 sha256=$2 mirror="${LLMOPS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+  local target
+  target="${LLMOPS_TEST_CACHE}/$(basename "${pool_path}")"
+  mkdir -p "${LLMOPS_TEST_CACHE}"
+  if ! echo "${sha256}  ${target}" | sha256sum --check --status 2>/dev/null; then
+    curl -fsS --retry 3 -o "${target}.part" "${mirror}/${pool_path}" ||
+      die "could not download ${pool_path} from ${mirror}"
+    echo "${sha256}  ${target}.part" | sha256sum --check --status || die "${pool_path} does not have the expected sha256"
+    mv "${target}.part" "${target}"
+    step "downloaded $(basename "${pool_path}")" >&2
+  fi
+  echo "${target}"
+}
