@@ -8,6 +8,7 @@ reports with every host in them, and fails exactly the hosts that did not serve.
 import json
 import os
 import subprocess
+import tarfile
 
 import yaml
 
@@ -22,14 +23,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_playbook(tmp_path, hosts, *extra):
+def run_playbook(tmp_path, hosts, *extra, playbook="verify.yml", cwd=ROOT, env=None):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(yaml.safe_dump({"gpu_hosts": {"hosts": hosts}}))
-    env = _module_env()
+    env = env or _module_env()
     env["ANSIBLE_STDOUT_CALLBACK"] = "default"
-    command = [os.path.join(BIN, "ansible-playbook"), "verify.yml", "-i", str(inventory),
+    command = [os.path.join(BIN, "ansible-playbook"), playbook, "-i", str(inventory),
                "-e", "llmops_verify_report_dir=%s" % (tmp_path / "reports"), "-e", "llmops_verify_timeout=5"] + list(extra)
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=600)
     reports = tmp_path / "reports"
     report = json.loads((reports / "verify.json").read_text()) if (reports / "verify.json").exists() else None
     markdown = (reports / "verify.md").read_text() if (reports / "verify.md").exists() else None
@@ -104,4 +105,45 @@ def test_verification_delegated_to_the_control_node(chat_server, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     [row] = report["endpoints"]
     assert row["ok"] is True and row["url"] == chat_server.url and row["latency"] > 0
+    assert "1 of 1 endpoints serve chat completions." in markdown
+
+
+def test_the_built_collection_installs_and_verifies_by_its_fqcn(chat_server, tmp_path):
+    """What users of Galaxy run: `ansible-galaxy collection build`, `... install`, then
+    `ansible-playbook llmops.vllm.verify` outside this checkout (no ansible.cfg, no collections/ link)."""
+    installed = tmp_path / "installed"
+    # a control node's environment: this checkout's ansible.cfg (and its collections/ link) unknown
+    env = _module_env()
+    del env["ANSIBLE_CONFIG"]
+    # the installed copy; community.docker and the rest come from the `ansible` package as on a control node
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(installed)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    build = subprocess.run([os.path.join(BIN, "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path / "dist"),
+                            ROOT], cwd=str(elsewhere), env=env, capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stdout + build.stderr
+    [artifact] = list((tmp_path / "dist").iterdir())
+    assert artifact.name == "llmops-vllm-%s.tar.gz" % yaml.safe_load(open(os.path.join(ROOT, "galaxy.yml")))["version"]
+    with tarfile.open(str(artifact)) as tar:
+        top = {name.split("/")[0] for name in tar.getnames()}
+    # the collection, and none of the test tooling, caches or development files
+    assert {"plugins", "roles", "playbooks", "meta", "site.yml", "README.md", "LICENSE"} <= top, top
+    assert not top & {"tests", "molecule", "benchmarks", "tools", "collections", ".venv", ".cache", "Makefile", ".ci",
+                      "requirements-dev.txt", "requirements-dev.lock", "ansible.cfg"}, top
+
+    install = subprocess.run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(installed),
+                              str(artifact)], cwd=str(elsewhere), env=env, capture_output=True, text=True, timeout=120)
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert (installed / "ansible_collections" / "llmops" / "vllm" / "MANIFEST.json").is_file(), install.stdout
+
+    hosts = {"node-a": local_host(vllm_server_port=chat_server.port, vllm_server_served_model_name="tiny-chat",
+                                  vllm_server_api_key=API_KEY)}
+    result, report, markdown = run_playbook(tmp_path, hosts, "-e", "llmops_verify_become=false", "-v",
+                                            playbook="llmops.vllm.verify", cwd=elsewhere, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert "No config file found; using defaults" in said and "running playbook inside collection llmops.vllm" in said, said
+    [row] = report["endpoints"]
+    assert row["ok"] is True and row["url"] == chat_server.url and row["version"] == "0.32.0"
     assert "1 of 1 endpoints serve chat completions." in markdown
