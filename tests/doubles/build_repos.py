@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the TEST DOUBLE package repositories (tests/doubles/README.md).
 
-    build_repos.py OUTDIR DOCKER_IO_DEB
+    build_repos.py OUTDIR DOCKER_IO_DEB DOCKER_CLI_DEB
 
 writes, signed with a throwaway key generated on first use (OUTDIR/gnupg):
 
@@ -11,10 +11,10 @@ writes, signed with a throwaway key generated on first use (OUTDIR/gnupg):
       libnvidia-container1 at each of NVIDIA_VERSIONS, whose binaries are the fakes in nvidia/toolkit/
   OUTDIR/repos/docker/linux/debian/gpg                           the key, where Docker publishes its own
   OUTDIR/repos/docker/linux/debian/dists/bookworm/stable/...     an apt repository, Docker's layout, with
-      docker-ce at each of DOCKER_VERSIONS: Debian's docker.io package (DOCKER_IO_DEB, the real
-      engine, built by Debian) renamed, with Docker's package relations (it conflicts with
-      docker.io and depends on docker-ce-cli and containerd.io); docker-ce-cli (empty: the CLI
-      is in docker-ce here); containerd.io (depends on Debian's containerd);
+      docker-ce and docker-ce-cli at each of DOCKER_VERSIONS: Debian 13's docker.io and docker-cli
+      packages (DOCKER_IO_DEB, DOCKER_CLI_DEB: the real engine and CLI 26.1.5, built by Debian)
+      renamed, with Docker's package relations (docker-ce conflicts with docker.io and depends
+      on docker-ce-cli and containerd.io); containerd.io (depends on Debian's containerd);
       docker-buildx-plugin (empty) and docker-compose-plugin (a fake CLI plugin)
 
 Only dpkg-deb and gpg are needed. The packages are built with fixed timestamps; the
@@ -33,7 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NVIDIA_VERSIONS = ["1.17.8", "1.18.0", "1.18.1"]
-DOCKER_VERSIONS = ["20.10.24", "20.10.25"]
+DOCKER_VERSIONS = ["26.1.4", "26.1.5"]
 DEBIAN_SUFFIX = "-1~debian.12~bookworm"
 EPOCH = 1700000000  # fixed mtimes, so a rebuild gives the same packages
 KEY_UID = "llmops test double repositories <test-double@llmops.invalid>"
@@ -220,37 +220,41 @@ def build_nvidia(out, gnupg, key):
                   ["Packages", "Packages.gz"], gnupg)
 
 
-def repack_docker_io(docker_io, pool, version):
-    """Debian's docker.io as docker-ce: the same files and maintainer scripts, Docker's relations."""
-    stage = tempfile.mkdtemp(prefix="docker-ce-")
+def repack(source_deb, pool, name, version, relations):
+    """A Debian package under Docker's name and relations: the same files and maintainer scripts.
+    relations: {field: value}; "+Depends" adds to the source's Depends."""
+    stage = tempfile.mkdtemp(prefix=name + "-")
     try:
-        subprocess.run(["dpkg-deb", "-R", docker_io, stage], check=True)
+        subprocess.run(["dpkg-deb", "-R", source_deb, stage], check=True)
         control_path = os.path.join(stage, "DEBIAN", "control")
         fields, current = [], None
         for line in open(control_path).read().splitlines():
             if line.startswith((" ", "\t")) and current is not None:
                 fields[-1][1].append(line)
             else:
-                name, _, value = line.partition(":")
-                current = name
-                fields.append([name, [value.strip()]])
-        source = {name: lines for name, lines in fields}
-        depends = source["Depends"][0] + ", docker-ce-cli, containerd.io"
+                field, _, value = line.partition(":")
+                current = field
+                fields.append([field, [value.strip()]])
+        source = {field: lines for field, lines in fields}
         upstream = source["Version"][0]
+        depends = ", ".join(d for d in (source.get("Depends", [""])[0], relations.get("+Depends", "")) if d)
         control = [
-            "Package: docker-ce",
+            "Package: %s" % name,
             "Version: %s" % version,
             "Architecture: amd64",
             "Maintainer: llmops.vllm test doubles <test-double@llmops.invalid>",
             "Installed-Size: %s" % source["Installed-Size"][0],
-            "Pre-Depends: %s" % source["Pre-Depends"][0],
-            "Depends: %s" % depends,
-            "Conflicts: docker.io, docker-engine",
-            "Replaces: docker.io",
+        ]
+        if "Pre-Depends" in source:
+            control.append("Pre-Depends: %s" % source["Pre-Depends"][0])
+        if depends:
+            control.append("Depends: %s" % depends)
+        control += ["%s: %s" % (field, value) for field, value in relations.items() if not field.startswith("+")]
+        control += [
             "Section: admin",
             "Priority: optional",
-            "Description: TEST DOUBLE of docker-ce: Debian's docker.io %s under Docker's package name" % upstream,
-            " Built by llmops.vllm's tests/doubles/build_repos.py from Debian's package; the engine is %s," % upstream,
+            "Description: TEST DOUBLE of %s: Debian's %s %s under Docker's package name" % (name, source["Package"][0], upstream),
+            " Built by llmops.vllm's tests/doubles/build_repos.py from Debian's package; the software is %s," % upstream,
             " whatever version this package claims.",
         ]
         with open(control_path, "w") as f:
@@ -258,14 +262,14 @@ def repack_docker_io(docker_io, pool, version):
         md5sums = os.path.join(stage, "DEBIAN", "md5sums")
         if os.path.exists(md5sums):
             os.remove(md5sums)
-        deb = os.path.join(pool, "docker-ce_%s_amd64.deb" % version.split(":")[-1])
+        deb = os.path.join(pool, "%s_%s_amd64.deb" % (name, version.split(":")[-1]))
         subprocess.run(["dpkg-deb", "-Zgzip", "-z1", "--build", stage, deb], check=True, stdout=subprocess.DEVNULL)
         return deb, "\n".join(control)
     finally:
         shutil.rmtree(stage)
 
 
-def build_docker(out, gnupg, key, docker_io):
+def build_docker(out, gnupg, key, docker_io, docker_cli):
     base = os.path.join(out, "docker", "linux", "debian")
     pool = os.path.join(base, "pool", "stable")
     index = os.path.join(base, "dists", "bookworm", "stable", "binary-amd64")
@@ -281,8 +285,10 @@ def build_docker(out, gnupg, key, docker_io):
 
     for version in DOCKER_VERSIONS:
         full = "5:" + version + DEBIAN_SUFFIX
-        add(build_deb(pool, "docker-ce-cli", full, [], {}, "Docker CLI (empty double: docker-ce carries the CLI)"))
-        add(repack_docker_io(docker_io, pool, full))
+        add(repack(docker_cli, pool, "docker-ce-cli", full, {
+            "Conflicts": "docker-cli, podman-docker", "Replaces": "docker-cli"}))
+        add(repack(docker_io, pool, "docker-ce", full, {
+            "+Depends": "docker-ce-cli, containerd.io", "Conflicts": "docker.io, docker-engine", "Replaces": "docker.io"}))
     add(build_deb(pool, "containerd.io", "1.7.22-1", ["containerd"], {}, "containerd; the double depends on Debian's containerd"))
     add(build_deb(pool, "docker-buildx-plugin", "0.17.1" + DEBIAN_SUFFIX, [], {}, "Docker Buildx (empty double)"))
     add(build_deb(pool, "docker-compose-plugin", "2.29.7" + DEBIAN_SUFFIX, [], {
@@ -295,8 +301,8 @@ def build_docker(out, gnupg, key, docker_io):
     ], ["stable/binary-amd64/Packages", "stable/binary-amd64/Packages.gz"], gnupg)
 
 
-def main(out, docker_io):
-    recipe = recipe_hash(os.path.basename(docker_io))
+def main(out, docker_io, docker_cli):
+    recipe = recipe_hash((os.path.basename(docker_io), os.path.basename(docker_cli)))
     stamp = os.path.join(out, ".recipe")
     if os.path.exists(stamp) and open(stamp).read().strip() == recipe:
         print("build_repos: %s is up to date" % out)
@@ -306,7 +312,7 @@ def main(out, docker_io):
     repos = os.path.join(out, "repos")
     shutil.rmtree(repos, ignore_errors=True)
     build_nvidia(repos, gnupg, key)
-    build_docker(repos, gnupg, key, docker_io)
+    build_docker(repos, gnupg, key, docker_io, docker_cli)
     with open(stamp, "w") as f:
         f.write(recipe + "\n")
     print("build_repos: built the NVIDIA and Docker repository doubles in %s" % out)
@@ -314,6 +320,6 @@ def main(out, docker_io):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) != 4:
         sys.exit(__doc__)
-    sys.exit(main(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])))
+    sys.exit(main(*(os.path.abspath(arg) for arg in sys.argv[1:])))

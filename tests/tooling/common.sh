@@ -21,6 +21,12 @@ IMAGE_VLLM="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}"
 # The same image with a `vllm` that exits at once: a release that never becomes ready.
 IMAGE_VLLM_BROKEN="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}-broken"
 HASH_LABEL="org.llmops.recipe-hash"
+# Debian 13's Docker Engine 26.1.5 (daemon, CLI): a Docker newer than Debian 12's 20.10. Its
+# packages need libc6 >= 2.34 and install on Debian 12. fetch_deb takes these pairs.
+DEBIAN13_DOCKER_IO=(pool/main/d/docker.io/docker.io_26.1.5+dfsg1-9+deb13u1+b1_amd64.deb
+  53ae1a99f15113f0a0d2226808ec0d24ee31b3b87b87ab8ec35be09a1a2ee13b)
+DEBIAN13_DOCKER_CLI=(pool/main/d/docker.io/docker-cli_26.1.5+dfsg1-9+deb13u1+b1_amd64.deb
+  596647bc4ffaaaf2e2321116b8a10f6a6086ada797c17a7117798cb391a72776)
 
 step() { printf '%s: %s\n' "${PROG}" "$*"; }
 die() {

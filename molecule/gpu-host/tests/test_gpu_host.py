@@ -29,10 +29,10 @@ def package(host, name):
 
 def test_docker_comes_from_the_repository_at_the_pinned_version(host):
     # "hold": the pinned packages are held against `apt upgrade`.
-    assert package(host, "docker-ce") == "5:20.10.24-1~debian.12~bookworm hold ok installed"
-    assert package(host, "docker-ce-cli") == "5:20.10.24-1~debian.12~bookworm hold ok installed"
-    # 20.10.25 is in the repository too: the pin, not the repository, chose the version.
-    assert "5:20.10.25-1~debian.12~bookworm" in host.check_output("apt-cache madison docker-ce")
+    assert package(host, "docker-ce") == "5:26.1.4-1~debian.12~bookworm hold ok installed"
+    assert package(host, "docker-ce-cli") == "5:26.1.4-1~debian.12~bookworm hold ok installed"
+    # 26.1.5 is in the repository too: the pin, not the repository, chose the version.
+    assert "5:26.1.5-1~debian.12~bookworm" in host.check_output("apt-cache madison docker-ce")
 
 
 def test_the_repository_is_configured_as_docker_documents(host):
@@ -50,9 +50,26 @@ def test_the_compose_plugin_answers(host):
 
 def test_the_daemon_answers_with_mirror_and_insecure_registry(host):
     info = docker_info(host)
-    assert info["ServerVersion"] and info["LiveRestoreEnabled"] is True
+    # the engine inside the docker-ce double: Debian 13's build of Docker Engine 26.1.5
+    assert info["ServerVersion"] == "26.1.5+dfsg1" and info["LiveRestoreEnabled"] is True
     assert info["RegistryConfig"]["Mirrors"] == ["http://llmops-registry:5000/"]
     assert info["RegistryConfig"]["IndexConfigs"][PRIVATE]["Secure"] is False
+
+
+def test_the_installed_dockerd_validates_what_the_collection_would_write(host):
+    """validate: auto (the roles' setting) meets a dockerd that has --validate: a misspelt key is refused
+    with dockerd's words, in check mode and for real, and daemon.json stays byte for byte."""
+    before = host.file("/etc/docker/daemon.json").content_string
+    for check in (True, False):
+        result = host.backend.run_ansible("llmops.vllm.docker_daemon_config",
+                                          json.dumps({"settings": {"max-concurrent-download": 6}}), check=check)
+        assert result.get("msg") == ("dockerd rejected the merged configuration, so /etc/docker/daemon.json was not "
+                                     "changed: the following directives don't match any configuration option: "
+                                     "max-concurrent-download"), result
+    assert host.file("/etc/docker/daemon.json").content_string == before
+    accepted = host.backend.run_ansible("llmops.vllm.docker_daemon_config",
+                                        json.dumps({"settings": {"max-concurrent-downloads": 6}}), check=True)
+    assert accepted["changed"] is True and accepted["validated"] is True, accepted
 
 
 # --- NVIDIA Container Toolkit --------------------------------------------------------------
@@ -113,6 +130,12 @@ def test_cdi_spec_is_generated_by_nvidia_cdi_refresh(host):
     devices = host.check_output("nvidia-ctk cdi list").split()
     assert "nvidia.com/gpu=all" in devices
     assert {"nvidia.com/gpu=" + u for u in HOST_UUIDS} <= set(devices)
+
+
+def test_docker_26_reads_the_cdi_specs(host):
+    # Docker 25.0 to 28.1 read CDI specs only with features.cdi, which the toolkit role sets there
+    assert daemon_json(host)["features"] == {"cdi": True}
+    assert docker_info(host)["CDISpecDirs"] == ["/etc/cdi", "/var/run/cdi"]
 
 
 # --- containers keep their GPUs through `systemctl daemon-reload` -------------------------
