@@ -220,9 +220,9 @@ def build_nvidia(out, gnupg, key):
                   ["Packages", "Packages.gz"], gnupg)
 
 
-def repack(source_deb, pool, name, version, relations):
+def repack(source_deb, pool, name, version, relations, more_depends=""):
     """A Debian package under Docker's name and relations: the same files and maintainer scripts.
-    relations: {field: value}; "+Depends" adds to the source's Depends."""
+    relations: {field: value} written as they are; more_depends is added to the source's Depends."""
     stage = tempfile.mkdtemp(prefix=name + "-")
     try:
         subprocess.run(["dpkg-deb", "-R", source_deb, stage], check=True)
@@ -237,7 +237,7 @@ def repack(source_deb, pool, name, version, relations):
                 fields.append([field, [value.strip()]])
         source = {field: lines for field, lines in fields}
         upstream = source["Version"][0]
-        depends = ", ".join(d for d in (source.get("Depends", [""])[0], relations.get("+Depends", "")) if d)
+        depends = ", ".join(d for d in (source.get("Depends", [""])[0], more_depends) if d)
         control = [
             "Package: %s" % name,
             "Version: %s" % version,
@@ -249,7 +249,7 @@ def repack(source_deb, pool, name, version, relations):
             control.append("Pre-Depends: %s" % source["Pre-Depends"][0])
         if depends:
             control.append("Depends: %s" % depends)
-        control += ["%s: %s" % (field, value) for field, value in relations.items() if not field.startswith("+")]
+        control += ["%s: %s" % relation for relation in relations.items()]
         control += [
             "Section: admin",
             "Priority: optional",
@@ -288,7 +288,7 @@ def build_docker(out, gnupg, key, docker_io, docker_cli):
         add(repack(docker_cli, pool, "docker-ce-cli", full, {
             "Conflicts": "docker-cli, podman-docker", "Replaces": "docker-cli"}))
         add(repack(docker_io, pool, "docker-ce", full, {
-            "+Depends": "docker-ce-cli, containerd.io", "Conflicts": "docker.io, docker-engine", "Replaces": "docker.io"}))
+            "Conflicts": "docker.io, docker-engine", "Replaces": "docker.io"}, more_depends="docker-ce-cli, containerd.io"))
     add(build_deb(pool, "containerd.io", "1.7.22-1", ["containerd"], {}, "containerd; the double depends on Debian's containerd"))
     add(build_deb(pool, "docker-buildx-plugin", "0.17.1" + DEBIAN_SUFFIX, [], {}, "Docker Buildx (empty double)"))
     add(build_deb(pool, "docker-compose-plugin", "2.29.7" + DEBIAN_SUFFIX, [], {

@@ -101,12 +101,10 @@ def _module_env():
 class ModuleRun(object):
     """`ansible localhost -m <module, verify_endpoint by default> -a <args>`, started now."""
 
-    def __init__(self, args, check_mode=False, module="llmops.vllm.verify_endpoint", diff=False):
+    def __init__(self, args, check_mode=False, module="llmops.vllm.verify_endpoint"):
         command = [os.path.join(BIN, "ansible"), "localhost", "-m", module, "-a", json.dumps(args)]
         if check_mode:
             command.append("--check")
-        if diff:
-            command.append("--diff")
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(command, cwd=ROOT, env=_module_env(), stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
