@@ -1,0 +1,96 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+"""Filters that read the whole fleet from the inventory: registry caches, images, the site report."""
+
+from __future__ import annotations
+
+DOCKER_HUB = "docker.io"
+# The registry_cache role's defaults, for hosts whose inventory does not set them (role defaults
+# are not visible through another host's hostvars); tests/unit checks they match the role's.
+REGISTRY_CACHE_DEFAULT_PORT = 5000
+
+
+def _get(hostvars, host, name, default=None):
+    try:
+        value = hostvars[host].get(name, default)
+    except (KeyError, AttributeError):
+        return default
+    return default if value in (None, "") else value
+
+
+def registry_cache_mirrors(cache_hosts, hostvars, this_host=None):
+    """The registry-mirrors URLs of the fleet's pull-through caches, leaving out this_host itself."""
+    mirrors = []
+    for host in cache_hosts or []:
+        if host == this_host:
+            continue
+        address = _get(hostvars, host, "registry_cache_advertise_address") or _get(hostvars, host, "ansible_host") or host
+        if ":" in address and not address.startswith("["):
+            address = "[%s]" % address
+        scheme = "https" if _get(hostvars, host, "registry_cache_tls_certificate") else "http"
+        port = int(_get(hostvars, host, "registry_cache_port", REGISTRY_CACHE_DEFAULT_PORT))
+        mirrors.append("%s://%s:%d" % (scheme, address, port))
+    return mirrors
+
+
+def image_registry(image):
+    """The registry an image reference pulls from: docker.io for Docker Hub, else its host[:port]."""
+    name = str(image).split("@", 1)[0]
+    first = name.split("/", 1)[0]
+    if "/" in name and ("." in first or ":" in first or first == "localhost"):
+        return DOCKER_HUB if first in ("docker.io", "index.docker.io", "registry-1.docker.io") else first
+    return DOCKER_HUB
+
+
+def fleet_images(hosts, hostvars, hub_only=False, fact="llmops_vllm_images"):
+    """Every image the given hosts recorded in their fact, once, in a stable order (Docker Hub's only, with hub_only)."""
+    images = []
+    for host in hosts or []:
+        for image in _get(hostvars, host, fact, []) or []:
+            if hub_only and image_registry(image) != DOCKER_HUB:
+                continue
+            if image not in images:
+                images.append(image)
+    return images
+
+
+def fleet_report(hosts, hostvars):
+    """One row per host: ok, failed (with the step and the message) or not reached."""
+    rows = []
+    for host in hosts or []:
+        failure = _get(hostvars, host, "llmops_site_failure")
+        if failure:
+            rows.append({"host": host, "status": "failed", "step": failure.get("step", ""), "reason": failure.get("reason", "")})
+        elif _get(hostvars, host, "llmops_site_done"):
+            rows.append({"host": host, "status": "ok", "step": "", "reason": ""})
+        else:
+            rows.append({"host": host, "status": "not reached", "step": "",
+                         "reason": "unreachable, or stopped by max_fail_percentage / any_errors_fatal before it finished"})
+    return rows
+
+
+def not_from_docker_hub(instances):
+    """The instances whose image a Docker Hub mirror cannot serve."""
+    return [i for i in instances or [] if image_registry(i.get("image", "")) != DOCKER_HUB]
+
+
+def fleet_report_line(row):
+    """One line of the fleet report."""
+    if row["status"] == "ok":
+        return "%s: ok" % row["host"]
+    if row["status"] == "failed":
+        return "%s: FAILED at '%s': %s" % (row["host"], row["step"], row["reason"])
+    return "%s: %s (%s)" % (row["host"], row["status"].upper(), row["reason"])
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            "registry_cache_mirrors": registry_cache_mirrors,
+            "image_registry": image_registry,
+            "fleet_images": fleet_images,
+            "fleet_report": fleet_report,
+            "not_from_docker_hub": not_from_docker_hub,
+            "fleet_report_line": fleet_report_line,
+        }

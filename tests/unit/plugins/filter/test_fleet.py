@@ -1,0 +1,71 @@
+import os
+
+import pytest
+import yaml
+
+from ansible_collections.llmops.vllm.plugins.filter import fleet
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+
+
+@pytest.mark.parametrize(
+    "image, registry",
+    [
+        ("vllm/vllm-openai:v0.32.0", "docker.io"),
+        ("registry:2.8.3", "docker.io"),
+        ("docker.io/vllm/vllm-openai:v0.32.0", "docker.io"),
+        ("vllm/vllm-openai@sha256:" + "a" * 64, "docker.io"),
+        ("nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3", "nvcr.io"),
+        ("ghcr.io/org/image:1", "ghcr.io"),
+        ("localhost:5000/vllm/x:1", "localhost:5000"),
+        ("localhost/x:1", "localhost"),
+    ],
+)
+def test_image_registry(image, registry):
+    assert fleet.image_registry(image) == registry
+
+
+def test_mirrors_come_from_each_cache_host_and_leave_out_the_host_itself():
+    hostvars = {
+        "cache-a": {"ansible_host": "10.0.0.5"},
+        "cache-b": {"registry_cache_advertise_address": "cache-b.lan", "registry_cache_port": 5443,
+                    "registry_cache_tls_certificate": "files/cache.pem"},
+        "cache-c": {},
+        "cache-d": {"ansible_host": "fd00::7"},
+    }
+    hosts = ["cache-a", "cache-b", "cache-c", "cache-d"]
+    assert fleet.registry_cache_mirrors(hosts, hostvars, "gpu-1") == [
+        "http://10.0.0.5:5000", "https://cache-b.lan:5443", "http://cache-c:5000", "http://[fd00::7]:5000"]
+    assert fleet.registry_cache_mirrors(hosts, hostvars, "cache-a")[0] == "https://cache-b.lan:5443"
+    assert fleet.registry_cache_mirrors([], hostvars, "gpu-1") == []
+
+
+def test_the_mirror_default_port_is_the_roles_default():
+    with open(os.path.join(ROOT, "roles", "registry_cache", "defaults", "main.yml")) as f:
+        assert yaml.safe_load(f)["registry_cache_port"] == fleet.REGISTRY_CACHE_DEFAULT_PORT
+
+
+def test_fleet_images_are_listed_once_and_hub_only_on_request():
+    hostvars = {"a": {"llmops_vllm_images": ["vllm/vllm-openai:v1", "nvcr.io/x/y:1"]},
+                "b": {"llmops_vllm_images": ["vllm/vllm-openai:v1", "vllm/vllm-openai:v2"]}, "c": {}}
+    assert fleet.fleet_images(["a", "b", "c"], hostvars) == ["vllm/vllm-openai:v1", "nvcr.io/x/y:1", "vllm/vllm-openai:v2"]
+    assert fleet.fleet_images(["a", "b", "c"], hostvars, hub_only=True) == ["vllm/vllm-openai:v1", "vllm/vllm-openai:v2"]
+
+
+def test_not_from_docker_hub():
+    instances = [{"name": "a", "image": "vllm/vllm-openai:v1"}, {"name": "b", "image": "nvcr.io/x/y:1"}]
+    assert fleet.not_from_docker_hub(instances) == [instances[1]]
+
+
+def test_fleet_report_names_each_host_and_why():
+    hostvars = {
+        "gpu-1": {"llmops_site_done": True},
+        "gpu-2": {"llmops_site_failure": {"step": "Check the ports", "reason": "port 8000 is taken by nginx"}},
+        "gpu-3": {},
+    }
+    rows = fleet.fleet_report(["gpu-1", "gpu-2", "gpu-3"], hostvars)
+    assert [r["status"] for r in rows] == ["ok", "failed", "not reached"]
+    lines = [fleet.fleet_report_line(r) for r in rows]
+    assert lines[0] == "gpu-1: ok"
+    assert lines[1] == "gpu-2: FAILED at 'Check the ports': port 8000 is taken by nginx"
+    assert lines[2].startswith("gpu-3: NOT REACHED (unreachable")
