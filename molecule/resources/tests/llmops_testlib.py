@@ -59,7 +59,7 @@ def registry_digest(repository, tag, registry="http://127.0.0.1:5000"):
         return response.headers["Docker-Content-Digest"]
 
 
-def run_playbook(playbook, extra_vars=None, check=False, verbosity=0, inventory=None):
+def run_playbook(playbook, extra_vars=None, check=False, verbosity=0, inventory=None, extra_args=None):
     """Run one of the collection's playbooks (e.g. "site.yml", "playbooks/upgrade.yml") against the
     scenario's inventory (or another); return the CompletedProcess with stdout and stderr in .output."""
     import os
@@ -72,6 +72,7 @@ def run_playbook(playbook, extra_vars=None, check=False, verbosity=0, inventory=
         cmd += ["--check", "--diff"]
     if verbosity:
         cmd.append("-" + "v" * verbosity)
+    cmd += extra_args or []
     # molecule passes its provisioner's environment (ANSIBLE_CONFIG, collections path) to the tests
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)

@@ -1,0 +1,146 @@
+"""A fleet converged by one site.yml run: every host serves, the upstream registry served each
+image once (through the cache), verify.yml reports every host, and a host that fails its
+preflight does not stop the others.
+
+The tests run in file order; the last one changes a host and puts it back."""
+
+import json
+import os
+import re
+import subprocess
+import urllib.request
+
+import pytest
+
+from llmops_testlib import TEST_API_KEY, recap, run_playbook, verify
+
+OPS = "llmops-fleet-ops"
+GPU_HOSTS = ["llmops-fleet-gpu1", "llmops-fleet-gpu2", "llmops-fleet-gpu3"]
+# What each GPU host serves (inventories/local-fleet): port -> served model name.
+SERVED = {
+    "llmops-fleet-gpu1": {8000: "tiny-chat", 8001: "tiny-chat-b"},
+    "llmops-fleet-gpu2": {8000: "tiny-chat-b"},
+    "llmops-fleet-gpu3": {8000: "tiny-chat"},
+}
+UPSTREAM = "llmops-registry"
+IMAGE_REPOSITORY, IMAGE_TAG = "vllm/vllm-openai-cpu", "v0.32.0-x86_64"
+MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+
+testinfra_hosts = ["ansible://all"]
+
+
+def address(name):
+    out = subprocess.check_output(["docker", "inspect", "--format", "{{json .NetworkSettings.Networks}}", name], text=True)
+    return json.loads(out)["llmops-test"]["IPAddress"]
+
+
+def fleet_created():
+    with open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "fleet-created")) as f:
+        return f.read().strip()
+
+
+def upstream_blob_bytes_by_client():
+    """Bytes of image blobs the upstream registry sent since the fleet was created, per client address,
+    from the registry's own request log (Distribution logs each response with its size)."""
+    log = subprocess.run(["docker", "logs", "--since", fleet_created(), UPSTREAM], capture_output=True, text=True, check=True)
+    sent = {}
+    for line in (log.stdout + log.stderr).splitlines():
+        if 'msg="response completed"' not in line or "http.request.method=GET" not in line:
+            continue
+        uri = re.search(r'http\.request\.uri="([^"]+)"', line)
+        if not uri or "/blobs/" not in uri.group(1):
+            continue
+        client = re.search(r'http\.request\.remoteaddr="?\[?([0-9a-f.:]+?)\]?(:\d+)?"?\s', line).group(1)
+        written = int(re.search(r"http\.response\.written=(\d+)", line).group(1))
+        sent[client] = sent.get(client, 0) + written
+    return sent
+
+
+def image_compressed_size():
+    request = urllib.request.Request("http://127.0.0.1:5000/v2/%s/manifests/%s" % (IMAGE_REPOSITORY, IMAGE_TAG),
+                                     headers={"Accept": MANIFEST_TYPES})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        manifest = json.load(response)
+    return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+
+
+@pytest.mark.parametrize("name", GPU_HOSTS)
+def test_each_gpu_host_serves_its_instances(host, name):
+    if host.backend.get_hostname() != name:
+        pytest.skip("checked on %s" % name)
+    for port, model in SERVED[name].items():
+        result = verify(host, url="http://127.0.0.1:%d" % port, model=model, api_key=TEST_API_KEY, timeout=300)
+        assert result["failed"] is False, result.get("msg")
+        assert result["models"] == [model]
+
+
+@pytest.mark.parametrize("name", GPU_HOSTS)
+def test_each_gpu_host_pulls_through_the_fleet_cache(host, name):
+    if host.backend.get_hostname() != name:
+        pytest.skip("checked on %s" % name)
+    config = json.loads(host.file("/etc/docker/daemon.json").content_string)
+    assert config["registry-mirrors"] == ["http://%s:5000" % OPS]
+
+
+def test_the_cache_runs_from_the_distribution_package_with_metrics(host):
+    if host.backend.get_hostname() != OPS:
+        pytest.skip("checked on %s" % OPS)
+    assert host.package("docker-registry").is_installed
+    assert host.service("docker-registry").is_running and host.service("docker-registry").is_enabled
+    config = host.file("/etc/docker/registry/config.yml")
+    assert config.mode == 0o640 and config.user == "root" and config.group == "docker-registry"
+    assert "remoteurl: \"http://llmops-registry:5000\"" in config.content_string
+    assert host.file("/data/registry-cache").user == "docker-registry"
+    metrics = host.check_output("curl -fsS http://127.0.0.1:5001/metrics")
+    assert "registry_http_requests_total" in metrics or "go_goroutines" in metrics
+
+
+def test_the_upstream_served_the_image_once_for_the_whole_fleet():
+    sent = upstream_blob_bytes_by_client()
+    size = image_compressed_size()
+    assert sent.get(address(OPS), 0) == size, "the cache host got %r bytes of a %d-byte image: %r" % (sent.get(address(OPS)), size, sent)
+    for name in GPU_HOSTS:
+        assert sent.get(address(name), 0) == 0, "%s pulled from upstream directly: %r" % (name, sent)
+    assert sum(sent.values()) == size
+
+
+def test_verify_playbook_reports_every_host(tmp_path):
+    result = run_playbook("verify.yml", {"llmops_verify_report_dir": str(tmp_path)})
+    assert result.returncode == 0, result.output[-3000:]
+    reports = [f for f in os.listdir(str(tmp_path)) if f.endswith(".json")]
+    assert reports, os.listdir(str(tmp_path))
+    with open(os.path.join(str(tmp_path), reports[0])) as f:
+        report = json.load(f)
+    rows = report["endpoints"] if isinstance(report, dict) and "endpoints" in report else report
+    seen = sorted((row["host"], row["model"]) for row in rows)
+    expected = sorted((name, model) for name, ports in SERVED.items() for model in ports.values())
+    assert seen == expected
+    assert all(row["ready"] for row in rows), rows
+    for name in GPU_HOSTS:
+        assert name in result.output
+
+
+def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
+    """gpu3 is told to serve on a port something else holds: it fails its preflight and changes
+    nothing, the other hosts run to the end, the run fails, and the report names gpu3 and why."""
+    blocker = ["docker", "exec", "-d", "llmops-fleet-gpu3", "python3", "-m", "http.server", "8002"]
+    subprocess.run(blocker, check=True)
+    override = tmp_path / "override.yml"
+    override.write_text(json.dumps({"gpu_hosts": {"hosts": {"llmops-fleet-gpu3": {"vllm_server_port": 8002}}}}))
+    try:
+        before = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)
+        cmd_inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+        result = run_playbook("site.yml", inventory=cmd_inventory, extra_args=["-i", str(override)])
+        assert result.returncode != 0
+        assert recap(result.output, "llmops-fleet-gpu3")["failed"] >= 1
+        for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
+            counts = recap(result.output, name)
+            assert counts["failed"] == 0 and counts["changed"] == 0, (name, counts)
+        text = " ".join(result.output.split())
+        assert re.search(r"llmops-fleet-gpu3: FAILED at '[^']+': [^\"]*8002", text), text[-4000:]
+        for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
+            assert "%s: ok" % name in text
+        after = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)
+        assert after == before
+    finally:
+        subprocess.run(["docker", "exec", "llmops-fleet-gpu3", "pkill", "-f", "http.server 8002"], check=False)
