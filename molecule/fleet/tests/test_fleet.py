@@ -8,11 +8,11 @@ import json
 import os
 import re
 import subprocess
-import urllib.request
 
 import pytest
+import testinfra
 
-from llmops_testlib import TEST_API_KEY, recap, run_playbook, verify
+from llmops_testlib import TEST_API_KEY, image_compressed_size, recap, run_playbook, upstream_blob_bytes, verify
 
 OPS = "llmops-fleet-ops"
 GPU_HOSTS = ["llmops-fleet-gpu1", "llmops-fleet-gpu2", "llmops-fleet-gpu3"]
@@ -24,9 +24,10 @@ SERVED = {
 }
 UPSTREAM = "llmops-registry"
 IMAGE_REPOSITORY, IMAGE_TAG = "vllm/vllm-openai-cpu", "v0.32.0-x86_64"
-MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
 
-testinfra_hosts = ["ansible://all"]
+
+def fleet_host(name):
+    return testinfra.get_host("ansible://" + name, ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
 
 
 def address(name):
@@ -39,35 +40,9 @@ def fleet_created():
         return f.read().strip()
 
 
-def upstream_blob_bytes_by_client():
-    """Bytes of image blobs the upstream registry sent since the fleet was created, per client address,
-    from the registry's own request log (Distribution logs each response with its size)."""
-    log = subprocess.run(["docker", "logs", "--since", fleet_created(), UPSTREAM], capture_output=True, text=True, check=True)
-    sent = {}
-    for line in (log.stdout + log.stderr).splitlines():
-        if 'msg="response completed"' not in line or "http.request.method=GET" not in line:
-            continue
-        uri = re.search(r'http\.request\.uri="([^"]+)"', line)
-        if not uri or "/blobs/" not in uri.group(1):
-            continue
-        client = re.search(r'http\.request\.remoteaddr="?\[?([0-9a-f.:]+?)\]?(:\d+)?"?\s', line).group(1)
-        written = int(re.search(r"http\.response\.written=(\d+)", line).group(1))
-        sent[client] = sent.get(client, 0) + written
-    return sent
-
-
-def image_compressed_size():
-    request = urllib.request.Request("http://127.0.0.1:5000/v2/%s/manifests/%s" % (IMAGE_REPOSITORY, IMAGE_TAG),
-                                     headers={"Accept": MANIFEST_TYPES})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        manifest = json.load(response)
-    return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
-
-
 @pytest.mark.parametrize("name", GPU_HOSTS)
-def test_each_gpu_host_serves_its_instances(host, name):
-    if host.backend.get_hostname() != name:
-        pytest.skip("checked on %s" % name)
+def test_each_gpu_host_serves_its_instances(name):
+    host = fleet_host(name)
     for port, model in SERVED[name].items():
         result = verify(host, url="http://127.0.0.1:%d" % port, model=model, api_key=TEST_API_KEY, timeout=300)
         assert result["failed"] is False, result.get("msg")
@@ -75,16 +50,14 @@ def test_each_gpu_host_serves_its_instances(host, name):
 
 
 @pytest.mark.parametrize("name", GPU_HOSTS)
-def test_each_gpu_host_pulls_through_the_fleet_cache(host, name):
-    if host.backend.get_hostname() != name:
-        pytest.skip("checked on %s" % name)
+def test_each_gpu_host_pulls_through_the_fleet_cache(name):
+    host = fleet_host(name)
     config = json.loads(host.file("/etc/docker/daemon.json").content_string)
     assert config["registry-mirrors"] == ["http://%s:5000" % OPS]
 
 
-def test_the_cache_runs_from_the_distribution_package_with_metrics(host):
-    if host.backend.get_hostname() != OPS:
-        pytest.skip("checked on %s" % OPS)
+def test_the_cache_runs_from_the_distribution_package_with_metrics():
+    host = fleet_host(OPS)
     assert host.package("docker-registry").is_installed
     assert host.service("docker-registry").is_running and host.service("docker-registry").is_enabled
     config = host.file("/etc/docker/registry/config.yml")
@@ -96,8 +69,8 @@ def test_the_cache_runs_from_the_distribution_package_with_metrics(host):
 
 
 def test_the_upstream_served_the_image_once_for_the_whole_fleet():
-    sent = upstream_blob_bytes_by_client()
-    size = image_compressed_size()
+    sent = upstream_blob_bytes(fleet_created(), UPSTREAM)
+    size = image_compressed_size(IMAGE_REPOSITORY, IMAGE_TAG)
     assert sent.get(address(OPS), 0) == size, "the cache host got %r bytes of a %d-byte image: %r" % (sent.get(address(OPS)), size, sent)
     for name in GPU_HOSTS:
         assert sent.get(address(name), 0) == 0, "%s pulled from upstream directly: %r" % (name, sent)

@@ -113,3 +113,33 @@ def aliased_inventory(directory, real_host, aliases, host_vars_file=None):
             with open(os.path.join(directory, "host_vars", alias + ".yml"), "w") as f:
                 f.write(content)
     return directory
+
+
+def upstream_blob_bytes(since, registry="llmops-registry"):
+    """Bytes of image blobs the test registry (Docker Hub's stand-in) sent since a time, per client
+    address, from its own request log: Distribution logs every response with its size."""
+    import re
+
+    log = subprocess.run(["docker", "logs", "--since", since, registry], capture_output=True, text=True, check=True)
+    sent = {}
+    for line in (log.stdout + log.stderr).splitlines():
+        if 'msg="response completed"' not in line or "http.request.method=GET" not in line:
+            continue
+        uri = re.search(r'http\.request\.uri="([^"]+)"', line)
+        if not uri or "/blobs/" not in uri.group(1):
+            continue
+        client = re.search(r'http\.request\.remoteaddr="?\[?([0-9a-f.:]+?)\]?(:\d+)?"?\s', line).group(1)
+        written = int(re.search(r"http\.response\.written=(\d+)", line).group(1))
+        sent[client] = sent.get(client, 0) + written
+    return sent
+
+
+def image_compressed_size(repository, tag, registry="http://127.0.0.1:5000"):
+    """Bytes of an image's config and layers in the test registry: what one pull transfers."""
+    import urllib.request
+
+    request = urllib.request.Request("%s/v2/%s/manifests/%s" % (registry, repository, tag), headers={"Accept": ", ".join([
+        "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"])})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        manifest = json.load(response)
+    return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""What a fleet costs as it grows, with the registry cache and without it.
+
+For each fleet size N (default 1, 2 and 4 GPU-host stand-ins) and each way of fetching images:
+
+  - cache:  the hosts pull through a registry cache on one more host (the registry_cache role),
+            which pulls from the upstream once;
+  - direct: every host pulls from the upstream itself (registry-mirrors pointing at it);
+
+it creates fresh hosts (the Debian 12 systemd containers of the tests, on network llmops-test),
+runs ONE `site.yml` over them (cold: Docker, the image, vLLM started and verified with a chat
+completion on every host), runs it again (a no-op: it must report changed=0) and removes them.
+The upstream is the test registry standing in for Docker Hub; the bytes it served come from its
+own request log, per client address. The models are seeded into each host as in the scenarios.
+
+It prints, per run: the cold and the no-op time, the no-op time against N=1 of the same mode,
+and the upstream's bytes against the image's compressed size; then the goals of issue 9:
+upstream bytes with the cache 1.0x the image whatever N, no-op t(N)/t(1) <= 1.3.
+
+Not a test: the numbers depend on the machine, and every vLLM server of the run shares it.
+Run it with `make bench-fleet` (after `make testbed`); N=4 holds about 10 GiB of memory.
+
+Usage: benchmarks/fleet.py [--sizes 1,2,4] [--modes cache,direct] [--json FILE]
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "molecule", "resources", "tests"))
+from llmops_testlib import image_compressed_size, upstream_blob_bytes  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+NETWORK = "llmops-test"
+UPSTREAM = "llmops-registry"
+UPSTREAM_MIRROR = "http://llmops-registry:5000"
+IMAGE_SYSTEMD = "llmops-test/debian12-systemd:latest"
+IMAGE_REPOSITORY, IMAGE_TAG = "vllm/vllm-openai-cpu", "v0.32.0-x86_64"
+CAPS = ["SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD", "AUDIT_WRITE", "SETFCAP", "SYS_CHROOT",
+        "DAC_READ_SEARCH", "IPC_LOCK", "SYS_MODULE", "SYS_NICE"]
+PREFIX = "llmops-bench-"
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(list(cmd), check=True, capture_output=True, text=True, **kw).stdout
+
+
+def start_host(name):
+    subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
+    sh("docker", "run", "-d", "--name", name, "--hostname", name, "--network", NETWORK,
+       *["--cap-add=" + c for c in CAPS], "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+       "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", "/var/lib/docker",
+       "--tmpfs", "/run", "--tmpfs", "/run/lock", "--shm-size", "1g", IMAGE_SYSTEMD, "/lib/systemd/systemd")
+
+
+def remove_hosts():
+    names = sh("docker", "ps", "-a", "--format", "{{.Names}}").split()
+    for name in names:
+        if name.startswith(PREFIX):
+            subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
+
+
+def address(name):
+    return json.loads(sh("docker", "inspect", "--format", "{{json .NetworkSettings.Networks}}", name))[NETWORK]["IPAddress"]
+
+
+def inventory(directory, gpu_hosts, cache_host):
+    """The fleet's inventory: inventories/local-fleet's group_vars, these hosts."""
+    os.makedirs(os.path.join(directory, "group_vars"))
+    for name in ("all.yml", "gpu_hosts.yml", "registry_cache.yml"):
+        os.symlink(os.path.join(ROOT, "inventories", "local-fleet", "group_vars", name), os.path.join(directory, "group_vars", name))
+    hosts = {"gpu_hosts": {"hosts": dict((h, None) for h in gpu_hosts)},
+             "all": {"vars": {"ansible_connection": "community.docker.docker"}}}
+    if cache_host:
+        hosts["registry_cache"] = {"hosts": {cache_host: None}}
+    else:
+        hosts["gpu_hosts"]["vars"] = {"docker_registry_mirrors": [UPSTREAM_MIRROR]}
+    with open(os.path.join(directory, "hosts.yml"), "w") as f:
+        json.dump(hosts, f)
+    return directory
+
+
+def playbook(inventory_dir, playbook_path, forks, extra=()):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    start = time.monotonic()
+    result = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", inventory_dir, "-f", str(forks), playbook_path, *extra],
+                            capture_output=True, text=True, env=env, cwd=ROOT)
+    elapsed = time.monotonic() - start
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-4000:] + result.stderr[-2000:])
+        raise SystemExit("%s failed (exit %d)" % (playbook_path, result.returncode))
+    changed = sum(int(n) for n in re.findall(r"changed=(\d+)", result.stdout.split("PLAY RECAP")[-1]))
+    return elapsed, changed
+
+
+def run(mode, n):
+    remove_hosts()
+    gpu_hosts = ["%sgpu%d" % (PREFIX, i) for i in range(1, n + 1)]
+    cache_host = PREFIX + "cache" if mode == "cache" else None
+    for name in gpu_hosts + ([cache_host] if cache_host else []):
+        start_host(name)
+    since = sh("date", "-u", "+%Y-%m-%dT%H:%M:%SZ").strip()
+    time.sleep(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        inv = inventory(os.path.join(tmp, "inventory"), gpu_hosts, cache_host)
+        forks = max(5, n + 1)
+        playbook(inv, os.path.join(ROOT, "molecule", "resources", "prepare.yml"), forks, ["-l", "gpu_hosts"])
+        cold, _ = playbook(inv, os.path.join(ROOT, "site.yml"), forks)
+        noop, changed = playbook(inv, os.path.join(ROOT, "site.yml"), forks)
+    sent = upstream_blob_bytes(since, UPSTREAM)
+    addresses = dict((address(h), h) for h in gpu_hosts + ([cache_host] if cache_host else []))
+    upstream = sum(v for k, v in sent.items() if k in addresses)
+    remove_hosts()
+    return {"mode": mode, "n": n, "cold_s": round(cold, 1), "noop_s": round(noop, 1), "noop_changed": changed,
+            "upstream_bytes": upstream}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,2,4")
+    parser.add_argument("--modes", default="cache,direct")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    image = image_compressed_size(IMAGE_REPOSITORY, IMAGE_TAG)
+    rows = []
+    try:
+        for mode in args.modes.split(","):
+            for n in sizes:
+                row = run(mode, n)
+                rows.append(row)
+                print("%-6s N=%d  cold %6.1f s  no-op %5.1f s (changed=%d)  upstream %.2f GB" % (
+                    mode, n, row["cold_s"], row["noop_s"], row["noop_changed"], row["upstream_bytes"] / 1e9), flush=True)
+    finally:
+        remove_hosts()
+    print()
+    print("image: %s:%s, %.2f GB compressed" % (IMAGE_REPOSITORY, IMAGE_TAG, image / 1e9))
+    print("%-6s %3s %8s %8s %12s %14s" % ("mode", "N", "cold s", "no-op s", "no-op t/t(1)", "upstream/image"))
+    for row in rows:
+        base = [r for r in rows if r["mode"] == row["mode"] and r["n"] == min(sizes)][0]
+        row["noop_ratio"] = round(row["noop_s"] / base["noop_s"], 2)
+        row["upstream_ratio"] = round(row["upstream_bytes"] / image, 2)
+        print("%-6s %3d %8.1f %8.1f %12.2f %13.2fx" % (row["mode"], row["n"], row["cold_s"], row["noop_s"], row["noop_ratio"],
+                                                       row["upstream_ratio"]))
+    print()
+    cache = [r for r in rows if r["mode"] == "cache"]
+    if cache:
+        print("goal: upstream bytes with the cache = 1.0x the image for every N: %s" % (
+            "met" if all(r["upstream_ratio"] == 1.0 for r in cache) else "NOT met"))
+        worst = max(r["noop_ratio"] for r in cache)
+        print("goal: no-op t(N)/t(1) <= 1.3 with the cache: %s (worst %.2f)" % ("met" if worst <= 1.3 else "NOT met", worst))
+    print("goal: a no-op run reports changed=0: %s" % ("met" if all(r["noop_changed"] == 0 for r in rows) else "NOT met"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"image_bytes": image, "runs": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
