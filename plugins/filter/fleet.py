@@ -70,6 +70,11 @@ def fleet_report(hosts, hostvars):
     return rows
 
 
+def hf_cache_folder(repo_id, repo_type="model"):
+    """The folder of a repository in a Hugging Face hub cache: org/name -> models--org--name."""
+    return "%ss--%s" % (repo_type, str(repo_id).replace("/", "--"))
+
+
 def not_from_docker_hub(instances):
     """The instances whose image a Docker Hub mirror cannot serve."""
     return [i for i in instances or [] if image_registry(i.get("image", "")) != DOCKER_HUB]
@@ -93,4 +98,5 @@ class FilterModule(object):
             "fleet_report": fleet_report,
             "not_from_docker_hub": not_from_docker_hub,
             "fleet_report_line": fleet_report_line,
+            "hf_cache_folder": hf_cache_folder,
         }
