@@ -110,7 +110,9 @@ bytes:
   type: int
   sample: 15231233024
 manifest:
-  description: Where the list of expected files came from - V(trees) (C(trees/<commit>.json)), V(expected_files), both, or V(none) (only the files present were checked).
+  description:
+    - Where the list of expected files came from - V(trees) (C(trees/<commit>.json)), V(expected_files),
+      both (V(trees+expected_files)), or V(none) (only the files present were checked).
   returned: always
   type: str
   sample: trees
