@@ -96,7 +96,7 @@ commit:
 snapshot_path:
   description: The snapshot folder.
   returned: when the revision resolves
-  type: path
+  type: str
   sample: /data/vllm/models/hub/models--Qwen--Qwen2.5-7B-Instruct/snapshots/0a1b2c3d4e5f60718293a4b5c6d7e8f901234567
 files:
   description: The good files of the snapshot, as paths in the repository.

@@ -123,12 +123,12 @@ commit:
 snapshot_path:
   description: The snapshot folder of that commit (what C(snapshot_download) returns).
   returned: success
-  type: path
+  type: str
   sample: /srv/models/hub/models--Qwen--Qwen2.5-7B-Instruct/snapshots/0a1b2c3d4e5f60718293a4b5c6d7e8f901234567
 repo_path:
   description: The model's folder in the cache, C(models--<org>--<name>), the one to copy to other hosts.
   returned: success
-  type: path
+  type: str
   sample: /srv/models/hub/models--Qwen--Qwen2.5-7B-Instruct
 files:
   description: The files of the snapshot that O(allow_patterns) and O(ignore_patterns) select, as paths in the repository.

@@ -173,6 +173,18 @@ def test_the_module_fetches_once_then_changes_nothing(hub, tmp_path):
     assert hub.stats()["requests"] == 1  # the check-mode run's revision; offline asks nothing
 
 
+def test_a_cache_made_elsewhere_is_complete_without_a_download(hub, tmp_path):
+    """The tiny models' own cache (make_tiny_model, no trees/ record) needs no byte from the hub."""
+    shutil.copytree(os.path.join(SOURCE, folder(CHAT)), str(tmp_path / folder(CHAT)), symlinks=True)
+    hub.reset()
+    result = fetch(hub, tmp_path)
+    assert result["changed"] is False and result["downloaded"] == [], result
+    assert result["bytes"] == model_bytes(CHAT)
+    stats = hub.stats()
+    assert stats["bytes_served"] == 0
+    assert set(stats["requests_by_kind"]) == {"api_revision", "api_tree"}, stats  # the client lists the tree once
+
+
 def test_the_module_and_hf_download_write_the_same_cache(hub, tmp_path):
     assert fetch(hub, tmp_path / "module")["changed"] is True
     assert hf_download(hub, CHAT, tmp_path / "cli").returncode == 0
