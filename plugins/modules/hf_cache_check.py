@@ -139,7 +139,7 @@ from ansible_collections.llmops.vllm.plugins.module_utils._hf_cache import (
 def check(params):
     """(result, failure message or None) for the module's parameters."""
     repo_id, revision = params["repo_id"], params["revision"]
-    storage = repo_folder(params["cache_dir"], repo_id)
+    storage = repo_folder(os.path.abspath(params["cache_dir"]), repo_id)
     result = {"changed": False, "files": [], "bytes": 0, "bad_files": [], "manifest": "none"}
     what = "model %s (revision %s) in %s" % (repo_id, revision, params["cache_dir"])
     fix = "Delete %s and run again, so that the model is copied or downloaded anew." % storage

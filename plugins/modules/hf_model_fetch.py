@@ -213,7 +213,7 @@ class Fetch(object):
         self.p = params
         self.check_mode = check_mode
         self.repo_id, self.revision = params["repo_id"], params["revision"]
-        self.cache_dir = params["cache_dir"]
+        self.cache_dir = os.path.abspath(params["cache_dir"])
         self.storage = repo_folder(self.cache_dir, self.repo_id)
         self.endpoint = (params["endpoint"] or "").rstrip("/") or None
         self.where = self.endpoint or constants.ENDPOINT
