@@ -117,3 +117,20 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
         assert after == before
     finally:
         subprocess.run(["docker", "exec", "llmops-fleet-gpu3", "pkill", "-f", "http.server 8002"], check=False)
+
+
+def test_each_model_came_from_the_hub_once_for_the_whole_fleet():
+    """tiny-chat is served by three hosts; the hub stand-in served its files once (to the control
+    node), and each host holds a checked copy in its Hugging Face cache."""
+    root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    stats = json.loads(subprocess.check_output([os.path.join(root, "tests", "doubles", "hf-hub"), "stats"], text=True))
+    snapshot = os.path.join(root, ".cache", "models", "hub", "models--llmops-test--tiny-chat", "snapshots")
+    revision = os.listdir(snapshot)[0]
+    model_bytes = sum(os.path.getsize(os.path.join(snapshot, revision, f)) for f in os.listdir(os.path.join(snapshot, revision)))
+    assert stats["bytes_served"] == model_bytes, stats
+    for name in GPU_HOSTS:
+        host = fleet_host(name)
+        result = host.ansible("llmops.vllm.hf_cache_check", "cache_dir=/data/vllm/models/hub repo_id=llmops-test/tiny-chat",
+                              check=False)
+        assert not result.get("failed") and "msg" not in result, (name, result)
+        assert host.file("/data/vllm/models/hub/models--llmops-test--tiny-chat/refs/main").content_string == revision
