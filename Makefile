@@ -82,6 +82,7 @@ test: lint unit sanity integration molecule
 clean: demo-down
 	-for scenario in $(SCENARIOS); do [ -x $(BIN)/molecule ] && molecule destroy --scenario-name "$$scenario"; done
 	tests/doubles/package-repos down
+	tests/doubles/hf-hub down
 	-docker rm -f llmops-auth-registry
 	$(TOOLING)/registry down
 
