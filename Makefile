@@ -43,6 +43,7 @@ models: images
 # Everything the scenarios and the demo share: images, the registry mirror holding the
 # vLLM test image, and the tiny models.
 testbed: deps images models
+	$(TOOLING)/control-node
 	$(TOOLING)/registry up
 	$(TOOLING)/registry push
 

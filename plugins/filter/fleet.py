@@ -80,6 +80,19 @@ def not_from_docker_hub(instances):
     return [i for i in instances or [] if image_registry(i.get("image", "")) != DOCKER_HUB]
 
 
+def failure_reason(result):
+    """The message of a failed task's result; for a loop, the first failed item's message."""
+    if not isinstance(result, dict):
+        return ""
+    message = result.get("msg", "")
+    items = [r for r in result.get("results", []) or [] if isinstance(r, dict) and r.get("failed")]
+    if items and (not message or message == "One or more items failed"):
+        item = items[0]
+        label = item.get("_ansible_item_label", item.get("item", ""))
+        message = "%s%s" % ("(%s) " % (label,) if label not in ("", None) else "", item.get("msg", "failed"))
+    return str(message)
+
+
 def fleet_report_line(row):
     """One line of the fleet report."""
     if row["status"] == "ok":
@@ -98,5 +111,6 @@ class FilterModule(object):
             "fleet_report": fleet_report,
             "not_from_docker_hub": not_from_docker_hub,
             "fleet_report_line": fleet_report_line,
+            "failure_reason": failure_reason,
             "hf_cache_folder": hf_cache_folder,
         }

@@ -69,3 +69,13 @@ def test_fleet_report_names_each_host_and_why():
     assert lines[0] == "gpu-1: ok"
     assert lines[1] == "gpu-2: FAILED at 'Check the ports': port 8000 is taken by nginx"
     assert lines[2].startswith("gpu-3: NOT REACHED (unreachable")
+
+
+def test_failure_reason_of_a_task_and_of_a_loop():
+    assert fleet.failure_reason({"msg": "port 8000 is taken"}) == "port 8000 is taken"
+    loop = {"msg": "One or more items failed", "results": [
+        {"failed": False, "item": "a"}, {"failed": True, "item": ["org/m", "main"], "msg": "rsync is missing"}]}
+    assert fleet.failure_reason(loop) == "(['org/m', 'main']) rsync is missing"
+    labelled = {"results": [{"failed": True, "_ansible_item_label": "org/m@main", "msg": "gated"}]}
+    assert fleet.failure_reason(labelled) == "(org/m@main) gated"
+    assert fleet.failure_reason({"censored": "the output has been hidden"}) == ""
