@@ -66,7 +66,7 @@ def fleet_report(hosts, hostvars):
             rows.append({"host": host, "status": "ok", "step": "", "reason": ""})
         else:
             rows.append({"host": host, "status": "not reached", "step": "",
-                         "reason": "unreachable, or stopped by max_fail_percentage / any_errors_fatal before it finished"})
+                         "reason": "unreachable, or stopped by llmops_any_errors_fatal / llmops_max_fail_percentage before it finished"})
     return rows
 
 
@@ -93,6 +93,14 @@ def failure_reason(result):
     return str(message)
 
 
+def failed_percentage(hosts, hostvars):
+    """The percentage of the hosts that recorded a failure (llmops_site_failure)."""
+    hosts = list(hosts or [])
+    if not hosts:
+        return 0.0
+    return 100.0 * sum(1 for h in hosts if _get(hostvars, h, "llmops_site_failure")) / len(hosts)
+
+
 def fleet_report_line(row):
     """One line of the fleet report."""
     if row["status"] == "ok":
@@ -112,5 +120,6 @@ class FilterModule(object):
             "not_from_docker_hub": not_from_docker_hub,
             "fleet_report_line": fleet_report_line,
             "failure_reason": failure_reason,
+            "failed_percentage": failed_percentage,
             "hf_cache_folder": hf_cache_folder,
         }

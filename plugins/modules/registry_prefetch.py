@@ -19,6 +19,10 @@ description:
     first makes their pulls cache hits.
   - A blob counts as cached when its data file is in O(storage_dir) (Distribution's filesystem
     layout); the module is changed when it had to fetch one.
+  - Distribution 2.8 answers a request for a blob it does not hold by fetching it from upstream
+    twice, once to store it and once to stream it to the client. The module hangs up as soon as
+    the answer starts and waits for the stored copy, so upstream sends each blob once (plus what
+    the stopped stream had read ahead, about a megabyte).
   - Only Docker Hub references make sense here (Docker sends only those to a mirror); a reference
     naming another registry is refused.
 author:
@@ -87,6 +91,7 @@ import hashlib
 import json
 import os
 import re
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
@@ -147,10 +152,25 @@ class Prefetch:
         digest = response.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
         return digest, response.headers.get("Content-Type", ""), json.loads(body)
 
-    def fetch_blob(self, repository, digest):
+    def start_blob(self, repository, digest):
+        """Ask the cache for a blob and hang up at once: Distribution 2.8 then stores it from upstream
+        in the background while its own copy for this client stops, so upstream sends it once
+        (reading the whole answer would make Distribution fetch it twice: once to store, once to serve)."""
         response = self.get("/v2/%s/blobs/%s" % (repository, digest))
-        while response.read(1 << 20):
-            pass
+        response.read(1)
+        response.close()
+
+    def wait_stored(self, blobs):
+        deadline = time.monotonic() + self.module.params["timeout"]
+        storage = self.module.params["storage_dir"]
+        while True:
+            waiting = [b["digest"] for b in blobs if not blob_cached(storage, b["digest"])]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                self.module.fail_json(msg="The cache did not store %s within %d s (timeout); see journalctl -u docker-registry on "
+                                          "the cache host." % (", ".join(waiting), self.module.params["timeout"]))
+            time.sleep(1)
 
     def image(self, image):
         parsed = parse_reference(image)
@@ -171,7 +191,8 @@ class Prefetch:
         missing = [b for b in blobs if not blob_cached(self.module.params["storage_dir"], b["digest"])]
         if not self.module.check_mode:
             for blob in missing:
-                self.fetch_blob(repository, blob["digest"])
+                self.start_blob(repository, blob["digest"])
+            self.wait_stored(missing)
         return {
             "image": image, "repository": repository, "manifest": digest, "blobs": len(blobs),
             "bytes": sum(b.get("size", 0) for b in blobs), "fetched": len(missing),

@@ -23,6 +23,9 @@ SERVED = {
     "llmops-fleet-gpu3": {8000: "tiny-chat"},
 }
 UPSTREAM = "llmops-registry"
+# The fleet report's line for gpu3 when its port is taken (YAML doubles the quotes in the output).
+REPORTED = (r"llmops-fleet-gpu3: FAILED at '+Check that each serving port is free or held by its own container'+: "
+            r"\(8002\) llmops-fleet-gpu3: port 8002, which the vLLM container vllm is to publish, is held by python3")
 IMAGE_REPOSITORY, IMAGE_TAG = "vllm/vllm-openai-cpu", "v0.32.0-x86_64"
 
 
@@ -69,12 +72,15 @@ def test_the_cache_runs_from_the_distribution_package_with_metrics():
 
 
 def test_the_upstream_served_the_image_once_for_the_whole_fleet():
+    """From the upstream's own request log: the cache host fetched each blob once (plus what
+    Distribution 2.8's stopped stream reads ahead, about a megabyte a blob: see registry_prefetch),
+    and no GPU host fetched anything from upstream."""
     sent = upstream_blob_bytes(fleet_created(), UPSTREAM)
     size = image_compressed_size(IMAGE_REPOSITORY, IMAGE_TAG)
-    assert sent.get(address(OPS), 0) == size, "the cache host got %r bytes of a %d-byte image: %r" % (sent.get(address(OPS)), size, sent)
+    cache = sent.get(address(OPS), 0)
+    assert size <= cache <= size * 1.01, "the cache host got %d bytes of a %d-byte image (%.3fx): %r" % (cache, size, cache / size, sent)
     for name in GPU_HOSTS:
         assert sent.get(address(name), 0) == 0, "%s pulled from upstream directly: %r" % (name, sent)
-    assert sum(sent.values()) == size
 
 
 def test_verify_playbook_reports_every_host(tmp_path):
@@ -104,17 +110,31 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
         before = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)
         cmd_inventory = os.environ["MOLECULE_INVENTORY_FILE"]
         result = run_playbook("site.yml", inventory=cmd_inventory, extra_args=["-i", str(override)])
-        assert result.returncode != 0
+        assert result.returncode != 0, result.output[-3000:]
         assert recap(result.output, "llmops-fleet-gpu3")["failed"] >= 1
         for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
             counts = recap(result.output, name)
             assert counts["failed"] == 0 and counts["changed"] == 0, (name, counts)
         text = " ".join(result.output.split())
-        assert re.search(r"llmops-fleet-gpu3: FAILED at '[^']+': [^\"]*8002", text), text[-4000:]
+        assert re.search(REPORTED, text), text[-4000:]
         for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
             assert "%s: ok" % name in text
         after = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)
         assert after == before
+
+        # llmops_any_errors_fatal: a host whose instances fail their check stops the whole run
+        # before anything changes anywhere, the cache host included.
+        bad = tmp_path / "bad.yml"
+        bad.write_text(json.dumps({"gpu_hosts": {"hosts": {"llmops-fleet-gpu3": {"vllm_server_options": {"max_batch_size": 32}}}}}))
+        result = run_playbook("site.yml", {"llmops_any_errors_fatal": True}, inventory=cmd_inventory, extra_args=["-i", str(bad)])
+        assert result.returncode != 0
+        text = " ".join(result.output.split())
+        assert re.search(r"llmops-fleet-gpu3: FAILED at '+Check each instance'+s vLLM options against vLLM'+s own option list'+: "
+                         r"\(vllm\) Instance vllm on llmops-fleet-gpu3 has options vLLM would not take: max_batch_size: .*max_num_seqs", text), text[-4000:]
+        for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
+            assert "%s: NOT REACHED" % name in text, text[-4000:]
+            assert recap(result.output, name)["changed"] == 0
+        assert "Install the distribution's registry package" not in result.output
     finally:
         subprocess.run(["docker", "exec", "llmops-fleet-gpu3", "pkill", "-f", "http.server 8002"], check=False)
 

@@ -79,3 +79,9 @@ def test_failure_reason_of_a_task_and_of_a_loop():
     labelled = {"results": [{"failed": True, "_ansible_item_label": "org/m@main", "msg": "gated"}]}
     assert fleet.failure_reason(labelled) == "(org/m@main) gated"
     assert fleet.failure_reason({"censored": "the output has been hidden"}) == ""
+
+
+def test_failed_percentage():
+    hostvars = {"a": {"llmops_site_failure": {"step": "x", "reason": "y"}}, "b": {}, "c": {}, "d": {}}
+    assert fleet.failed_percentage(["a", "b", "c", "d"], hostvars) == 25.0
+    assert fleet.failed_percentage([], hostvars) == 0.0

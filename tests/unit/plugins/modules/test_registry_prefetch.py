@@ -29,7 +29,9 @@ INDEX = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.
 
 
 class Registry(BaseHTTPRequestHandler):
+    """Answers like a pull-through cache: a blob it is asked for lands in its storage."""
     requests = []
+    storage = None
 
     def log_message(self, *args):
         pass
@@ -42,6 +44,8 @@ class Registry(BaseHTTPRequestHandler):
             body, kind = MANIFEST, "application/vnd.oci.image.manifest.v1+json"
         elif self.path.startswith("/v2/library/vllm/blobs/") and self.path.rsplit("/", 1)[1] in BLOBS:
             body, kind = BLOBS[self.path.rsplit("/", 1)[1]], "application/octet-stream"
+            if Registry.storage:
+                cache(Registry.storage, self.path.rsplit("/", 1)[1])
         else:
             self.send_error(404)
             return
@@ -65,7 +69,7 @@ def registry():
 def cache(storage, digest):
     hexdigest = digest.split(":")[1]
     path = os.path.join(storage, "docker", "registry", "v2", "blobs", "sha256", hexdigest[:2], hexdigest)
-    os.makedirs(path)
+    os.makedirs(path, exist_ok=True)
     open(os.path.join(path, "data"), "wb").close()
 
 
@@ -85,6 +89,7 @@ def test_parse_reference(image, parsed):
 
 
 def test_fetches_the_platforms_blobs_that_are_not_cached(run_module, registry, tmp_path):
+    Registry.storage = str(tmp_path)
     cache(str(tmp_path), CONFIG["digest"])
     args = {"url": registry, "images": ["vllm:v1"], "storage_dir": str(tmp_path)}
     outcome, result = run_module(registry_prefetch.main, args)
@@ -93,6 +98,13 @@ def test_fetches_the_platforms_blobs_that_are_not_cached(run_module, registry, t
     assert result["fetched_bytes"] == LAYER["size"]
     assert "/v2/library/vllm/blobs/" + LAYER["digest"] in Registry.requests
     assert "/v2/library/vllm/blobs/" + CONFIG["digest"] not in Registry.requests
+    Registry.storage = None
+
+
+def test_a_blob_the_cache_does_not_store_times_out(run_module, registry, tmp_path):
+    args = {"url": registry, "images": ["vllm:v1"], "storage_dir": str(tmp_path), "timeout": 1}
+    outcome, result = run_module(registry_prefetch.main, args)
+    assert outcome == "fail" and "did not store" in result["msg"] and CONFIG["digest"] in result["msg"]
 
 
 def test_check_mode_fetches_nothing_and_a_cached_image_is_not_changed(run_module, registry, tmp_path):
