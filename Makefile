@@ -51,8 +51,14 @@ demo: testbed
 demo-down:
 	$(TOOLING)/demo down
 
+# ansible-lint, then the changelog: fragments and changelog.yaml well-formed, CHANGELOG.md generated
+# from them (antsibull-changelog generate writes the same file).
 lint: deps
 	ansible-lint
+	antsibull-changelog lint
+	antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+	tmp="$$(mktemp)"; trap 'rm -f "$$tmp"' EXIT; antsibull-changelog generate --output "$$tmp" --output-format md; \
+	  cmp -s "$$tmp" CHANGELOG.md || { echo "CHANGELOG.md is not what changelogs/changelog.yaml gives: run antsibull-changelog generate"; exit 1; }
 
 unit: deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
