@@ -1,6 +1,7 @@
 # The two commands of the README, and the steps they are made of.
 #   make demo   a local throwaway host served by site.yml, ending with a chat reply
-#   make test   lint, unit tests, sanity, integration tests against vLLM, molecule scenarios
+#   make test   lint, unit tests, sanity, integration tests against vLLM, molecule scenarios,
+#               the execution environment
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
@@ -15,11 +16,12 @@ export ANSIBLE_NOCOLOR ?= 1
 TOOLING := tests/tooling
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration bench bench-fleet molecule test
+.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration bench bench-fleet molecule ee test
 
 help:
 	@echo "make demo       serve the tiny test model on a local throwaway host through site.yml"
-	@echo "make test       lint, unit, sanity and integration tests, and every molecule scenario ($(SCENARIOS))"
+	@echo "make test       lint, unit, sanity and integration tests, and every molecule scenario ($(SCENARIOS)), the EE"
+	@echo "make ee         build the execution environment (tests/ee/) and run site.yml from inside it"
 	@echo "make bench      how soon verify_endpoint and an ansible.builtin.uri loop notice a vLLM start (minutes)"
 	@echo "make bench-fleet  cold and no-op site.yml runs and upstream bytes for fleets of 1, 2 and 4 hosts (about an hour)"
 	@echo "make clean      remove what the demo and the tests started (containers), keep caches"
@@ -53,8 +55,14 @@ demo: testbed
 demo-down:
 	$(TOOLING)/demo down
 
+# ansible-lint, then the changelog: fragments and changelog.yaml well-formed, CHANGELOG.md generated
+# from them (antsibull-changelog generate writes the same file).
 lint: deps
 	ansible-lint
+	antsibull-changelog lint
+	antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+	tmp="$$(mktemp)"; trap 'rm -f "$$tmp"' EXIT; antsibull-changelog generate --output "$$tmp" --output-format md; \
+	  cmp -s "$$tmp" CHANGELOG.md || { echo "CHANGELOG.md is not what changelogs/changelog.yaml gives: run antsibull-changelog generate"; exit 1; }
 
 unit: deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
@@ -78,9 +86,16 @@ bench-fleet: testbed
 molecule: testbed
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
 
-test: lint unit sanity integration molecule
+# The execution environment's local variant (tests/ee/execution-environment.yml), built with
+# ansible-builder (only when its content changed), and site.yml run from inside it against a
+# throwaway host, verified with a chat completion.
+ee: testbed
+	$(TOOLING)/ee all
+
+test: lint unit sanity integration molecule ee
 
 clean: demo-down
+	$(TOOLING)/ee down
 	-for scenario in $(SCENARIOS); do [ -x $(BIN)/molecule ] && molecule destroy --scenario-name "$$scenario"; done
 	tests/doubles/package-repos down
 	tests/doubles/hf-hub down
@@ -88,6 +103,6 @@ clean: demo-down
 	$(TOOLING)/registry down
 
 distclean: clean
-	-docker image rm llmops-test/vllm-openai-cpu:v0.32.0 llmops-test/vllm-openai-cpu:v0.32.0-broken llmops-test/debian12-systemd:latest llmops-test/debian12:latest llmops-test/registry:latest
-	-docker volume rm llmops-test-registry
+	-docker image rm llmops-test/vllm-openai-cpu:v0.32.0 llmops-test/vllm-openai-cpu:v0.32.0-broken llmops-test/debian12-systemd:latest llmops-test/debian12:latest llmops-test/registry:latest llmops-test/ee:latest llmops-test/ee-base-debian12:latest
+	-docker volume rm llmops-test-registry llmops-ee-host-docker
 	rm -rf .cache $(VENV) /var/cache/llmops-test

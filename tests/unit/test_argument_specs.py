@@ -44,7 +44,8 @@ def test_public_variables_carry_the_role_prefix(role):
         assert name.startswith("_" + role + "_"), "private variable %s must start with _%s_" % (name, role)
 
 
-def test_readme_role_variables_are_current():
+def test_reference_docs_are_current():
+    """docs/reference/roles.md and modules.md are what tools/role_docs.py writes from argument_specs and DOCUMENTATION."""
     import subprocess
     import sys
 
