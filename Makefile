@@ -15,12 +15,13 @@ export ANSIBLE_NOCOLOR ?= 1
 TOOLING := tests/tooling
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration bench molecule test
+.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration bench bench-gateway molecule test
 
 help:
 	@echo "make demo       serve the tiny test model on a local throwaway host through site.yml"
 	@echo "make test       lint, unit, sanity and integration tests, and every molecule scenario ($(SCENARIOS))"
 	@echo "make bench      how soon verify_endpoint and an ansible.builtin.uri loop notice a vLLM start (minutes)"
+	@echo "make bench-gateway  what the gateway adds to one vLLM server's p50 latency and throughput"
 	@echo "make clean      remove what the demo and the tests started (containers), keep caches"
 	@echo "make distclean  also remove the test images, the registry's blobs, the caches and .venv"
 
@@ -68,6 +69,10 @@ integration: deps images models
 # Not a test: prints how long after readiness each way of waiting returns.
 bench: deps images models
 	$(BIN)/python benchmarks/readiness.py
+
+# Not a test: the p50 latency and throughput the gateway (HAProxy on loopback) adds to one vLLM server.
+bench-gateway: deps images models
+	$(BIN)/python benchmarks/gateway.py
 
 molecule: testbed
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
