@@ -60,6 +60,8 @@ def render_gateway(directory, backend_port, port, stats_port):
              "gateway_socket": directory + "/admin.sock", "gateway_api_key": GATEWAY_KEY, "gateway_port": port,
              "gateway_stats_port": stats_port, "gateway_bind_address": "127.0.0.1",
              "gateway_stats_bind_address": "127.0.0.1"}
+    # other gateway settings to compare, e.g. LLMOPS_BENCH_GATEWAY_VARS='{"gateway_http_no_delay": false}'
+    extra.update(json.loads(os.environ.get("LLMOPS_BENCH_GATEWAY_VARS", "{}")))
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"))
     subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
                     os.path.join(ROOT, "tests", "unit", "fixtures", "gateway", "render.yml"), "-e", json.dumps(extra)],
