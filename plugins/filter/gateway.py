@@ -129,8 +129,8 @@ def gateway_problems(backends, gateway_hosts, hostvars, settings):
             for server in backend["servers"]:
                 if server["host"] == gateway and server["port"] in (port, stats_port):
                     problems.append("port %s of %s is taken by its vLLM instance %s: change gateway_port or "
-                                    "gateway_stats_port (or the instance's port)." % (server["port"], gateway,
-                                                                                       server["instance"]))
+                                    "gateway_stats_port (or the instance's port)."
+                                    % (server["port"], gateway, server["instance"]))
     if settings.get("require_api_key") and not settings.get("api_key_set"):
         problems.append("gateway_api_key is empty: clients would reach the fleet without a key. Set it (from Ansible "
                         "Vault), or set gateway_require_api_key: false to serve openly.")
@@ -195,7 +195,7 @@ def gateway_drain_problems(rows, host, gateway, allow_last=False):
         return []
     mine = set((s["backend"], s["server"]) for s in gateway_host_servers(rows, host))
     problems = []
-    for backend in sorted(set(b for b, _ in mine)):
+    for backend in sorted(set(pair[0] for pair in mine)):
         others = [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")
                   and (backend, r.get("svname")) not in mine]
         healthy = [r["svname"] for r in others if str(r.get("status", "")).startswith("UP")]
