@@ -82,7 +82,7 @@ def test_the_files_are_root_only_and_the_key_is_not_in_the_config(gateway):
     assert KEY not in config and "backend-key-1" not in config
     assert KEY not in gateway["first"].stdout and "backend-key-1" not in gateway["first"].stdout
     assert "server gpu1:chat-a 127.0.0.1:18001" in config and "server gpu2:vllm 127.0.0.1:18003" in config
-    assert "default-server check inter 2s fall 2 rise 2" in config and "option httpchk GET /health" in config
+    assert "default-server check inter 2s fall 2 rise 2 on-marked-down shutdown-sessions" in config and "option httpchk GET /health" in config
 
 
 def test_a_second_run_changes_nothing(gateway):
