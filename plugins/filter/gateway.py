@@ -97,7 +97,7 @@ def gateway_problems(backends, gateway_hosts, hostvars, settings):
     if not backends:
         problems.append(
             "no vLLM instance to route to: the group %s has no host with instances (vllm_server_instances). "
-            "Put the vLLM hosts into %s, or point gateway_backend_group at their group." % (group, group))
+            "Put the vLLM hosts into the group %s, or point gateway_backend_group at the group that holds them." % (group, group))
     for backend in backends:
         if backend["api_key"] is None:
             problems.append(
