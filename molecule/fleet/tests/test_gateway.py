@@ -129,9 +129,11 @@ def test_a_killed_backend_under_load_loses_at_most_its_in_flight_requests(gatewa
                 max_tokens=32).start()
     time.sleep(8)
     in_flight = int(gateway.servers()[(backend, victim)]["scur"])
+    kill_started = time.monotonic()
     killed = in_gpu_host(victim, "kill")
     assert killed.returncode == 0, killed.stderr
-    out_after = gateway.wait_status(backend, victim, "DOWN", OUT_WITHIN + 2)
+    gateway.wait_status(backend, victim, "DOWN", OUT_WITHIN + 2)
+    out_after = time.monotonic() - kill_started
     sent_to_victim = int(gateway.servers()[(backend, victim)]["stot"])
     summary = load.wait()
     print("kill under load: %s; %d in flight on %s; out after %.1f s" % (summary, in_flight, victim, out_after))
@@ -158,7 +160,9 @@ def test_a_rolling_upgrade_under_load_loses_no_request(gateway):
     assert "Drain this host's servers and wait for their requests to finish" in result.output
     assert summary["failed"] == 0, summary["failures"]
     assert summary["ok"] > 0
-    assert all(r["status"] == "UP" for r in gateway.servers().values())
+    # every server is back once its checks pass
+    for backend, server in gateway.servers():
+        gateway.wait_status(backend, server, "UP", 60)
 
 
 def test_a_bad_tag_is_rolled_back_under_load_and_loses_no_request(gateway):
@@ -171,9 +175,9 @@ def test_a_bad_tag_is_rolled_back_under_load_and_loses_no_request(gateway):
     text = " ".join(result.output.split())
     assert "The upgrade stopped at %s:" % GPU_HOSTS[0] in text and "were put back" in text
     assert summary["failed"] == 0, summary["failures"]
-    # the rolled-back host is back in the gateway
-    for (backend, server), row in gateway.servers().items():
-        assert row["status"] == "UP", (backend, server, row["status"])
+    # the rolled-back host is back in the gateway once its checks pass
+    for backend, server in gateway.servers():
+        gateway.wait_status(backend, server, "UP", 60)
 
 
 def test_the_last_healthy_server_of_a_model_is_not_drained(gateway, host):
