@@ -16,7 +16,7 @@ export ANSIBLE_NOCOLOR ?= 1
 TOOLING := tests/tooling
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration bench bench-fleet molecule ee test
+.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration bench bench-fleet bench-gateway molecule ee test
 
 help:
 	@echo "make demo       serve the tiny test model on a local throwaway host through site.yml"
@@ -24,6 +24,7 @@ help:
 	@echo "make ee         build the execution environment (tests/ee/) and run site.yml from inside it"
 	@echo "make bench      how soon verify_endpoint and an ansible.builtin.uri loop notice a vLLM start (minutes)"
 	@echo "make bench-fleet  cold and no-op site.yml runs and upstream bytes for fleets of 1, 2 and 4 hosts (about an hour)"
+	@echo "make bench-gateway  what the gateway adds to one vLLM server's p50 latency and throughput"
 	@echo "make clean      remove what the demo and the tests started (containers), keep caches"
 	@echo "make distclean  also remove the test images, the registry's blobs, the caches and .venv"
 
@@ -82,6 +83,10 @@ bench: deps images models
 # Not a test: a fleet of 1, 2 and 4 hosts, with the registry cache and without; times and upstream bytes.
 bench-fleet: testbed
 	$(BIN)/python benchmarks/fleet.py
+
+# Not a test: the p50 latency and throughput the gateway (HAProxy on loopback) adds to one vLLM server.
+bench-gateway: deps images models
+	$(BIN)/python benchmarks/gateway.py
 
 molecule: testbed
 	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done

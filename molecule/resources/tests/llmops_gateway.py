@@ -1,0 +1,82 @@
+"""Helpers of the gateway tests: HAProxy's statistics, OpenAI calls through the gateway, and the
+bounded load of tests/load/openai_load.py."""
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "tests", "load"))
+
+from openai_load import Load  # noqa: E402,F401  (re-exported for the tests)
+
+TEST_GATEWAY_KEY = "llmops-test-gateway-key"  # the fleet's gateway_api_key: not a secret, throwaway test hosts
+
+
+class Gateway(object):
+    """The gateway as seen from the machine running the tests: its API and its statistics page."""
+
+    def __init__(self, address, port=8080, stats_port=8404, key=TEST_GATEWAY_KEY):
+        self.address, self.port, self.stats_port, self.key = address, port, stats_port, key
+
+    @property
+    def base_url(self):
+        return "http://%s:%d/v1" % (self.address, self.port)
+
+    def call(self, path, body=None, key=None, method=None):
+        """(status, decoded JSON body) of one request to the gateway."""
+        key = self.key if key is None else key
+        request = urllib.request.Request(
+            "http://%s:%d%s" % (self.address, self.port, path), method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers=dict([("Content-Type", "application/json")] + ([("Authorization", "Bearer " + key)] if key else [])))
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def chat(self, model, key=None, user=None, headers=None):
+        body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
+        if user:
+            body["user"] = user
+        return self.call("/v1/chat/completions", body, key=key)
+
+    def stats(self):
+        """Rows of HAProxy's CSV statistics (pxname, svname, status, scur, stot, ...)."""
+        with urllib.request.urlopen("http://%s:%d/stats;csv" % (self.address, self.stats_port), timeout=10) as r:
+            text = r.read().decode().lstrip("# ")
+        return [row for row in csv.DictReader(io.StringIO(text)) if row.get("svname")]
+
+    def servers(self):
+        """{(backend, server): row} of the model backends' servers."""
+        return dict(((r["pxname"], r["svname"]), r) for r in self.stats()
+                    if r["pxname"].startswith("model") and r["svname"] not in ("FRONTEND", "BACKEND"))
+
+    def backends(self):
+        """{backend: [server, ...]}."""
+        found = {}
+        for backend, server in self.servers():
+            found.setdefault(backend, []).append(server)
+        return found
+
+    def status(self, backend, server):
+        return self.servers()[(backend, server)]["status"]
+
+    def wait_status(self, backend, server, wanted, timeout):
+        """Seconds until the server's status starts with wanted; AssertionError after timeout."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.status(backend, server).startswith(wanted):
+                return time.monotonic() - start
+            time.sleep(0.2)
+        raise AssertionError("%s/%s is %s, not %s, after %ss" % (backend, server, self.status(backend, server),
+                                                                 wanted, timeout))
+
+    def metrics(self):
+        with urllib.request.urlopen("http://%s:%d/metrics" % (self.address, self.stats_port), timeout=10) as r:
+            return r.read().decode()

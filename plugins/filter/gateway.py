@@ -1,0 +1,235 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+# Filters that turn the fleet's inventory into the gateway's HAProxy backends, and HAProxy's
+# statistics into the upgrade's drain decisions.
+
+import csv
+import io
+import re
+
+from ansible.errors import AnsibleFilterError
+
+# HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# Separates the inventory host from the instance in a server name (never part of either).
+SERVER_SEPARATOR = ":"
+
+
+def gateway_server_name(host, instance):
+    """The HAProxy server name of one vLLM instance: <inventory host>:<instance name>."""
+    return "%s%s%s" % (_NAME_UNSAFE.sub("_", str(host)), SERVER_SEPARATOR, _NAME_UNSAFE.sub("_", str(instance)))
+
+
+def _served_names(instance):
+    served = instance.get("served_model_name") or instance.get("model")
+    if isinstance(served, (list, tuple)):
+        return [str(s) for s in served if str(s)]
+    return [str(served)] if served not in (None, "") else []
+
+
+def _is_loopback(address):
+    address = str(address)
+    return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
+
+
+def _get(hostvars, host, key, default=None):
+    try:
+        value = hostvars[host].get(key, default)
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+def gateway_backends(hosts, hostvars, instances_var="vllm_server_served_instances"):
+    """One backend per served model name, its servers every instance of every host serving it.
+
+    hosts lists the inventory hosts of the vLLM group; hostvars[host][instances_var] holds the
+    host's resolved instances (set by the vllm_server role's served.yml: name, port, served_model_name,
+    bind_address). A host's address is gateway_backend_address, else ansible_host, else its name.
+    The backend's API key is the host's vllm_server_api_key ('' when the server is open).
+    """
+    if not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError("gateway_backends wants a list of hosts, not %s" % type(hosts).__name__)
+    models = {}
+    for host in hosts:
+        instances = _get(hostvars, host, instances_var, [])
+        if not isinstance(instances, (list, tuple)):
+            raise AnsibleFilterError("%s of %s must be a list of instances" % (instances_var, host))
+        address = _get(hostvars, host, "gateway_backend_address", "") or _get(hostvars, host, "ansible_host", "") or host
+        api_key = str(_get(hostvars, host, "vllm_server_api_key", "") or "")
+        for instance in instances:
+            for model in _served_names(instance):
+                models.setdefault(model, []).append({
+                    "name": gateway_server_name(host, instance.get("name")),
+                    "host": str(host),
+                    "instance": str(instance.get("name")),
+                    "address": str(address),
+                    "port": instance.get("port"),
+                    "bind_address": str(instance.get("bind_address") or "0.0.0.0"),
+                    "api_key": api_key,
+                })
+    backends = []
+    for index, model in enumerate(sorted(models)):
+        servers = sorted(models[model], key=lambda s: s["name"])
+        keys = sorted(set(s["api_key"] for s in servers))
+        backends.append({
+            "name": "model%d_%s" % (index, _NAME_UNSAFE.sub("_", model))[:100],
+            "model": model,
+            "servers": servers,
+            # One Authorization header per backend: gateway_problems refuses backends whose hosts differ.
+            "api_key": keys[0] if len(keys) == 1 else None,
+        })
+    return backends
+
+
+def gateway_problems(backends, gateway_hosts, hostvars, settings):
+    """Sentences naming what stops the gateway from serving the fleet; [] when it can.
+
+    settings: port, stats_port, require_api_key, api_key_set, models (the models the gateway
+    config asks for explicitly), backend_group (the group's name, for the messages).
+    """
+    problems = []
+    group = settings.get("backend_group", "gpu_hosts")
+    if not backends:
+        problems.append(
+            "no vLLM instance to route to: the group %s has no host with instances (vllm_server_instances). "
+            "Put the vLLM hosts into the group %s, or point gateway_backend_group at the group that holds them." % (group, group))
+    for backend in backends:
+        if backend["api_key"] is None:
+            problems.append(
+                "the hosts serving %s (%s) have different vllm_server_api_key values; the gateway sets one "
+                "Authorization header per model: give them the same key." % (
+                    backend["model"], ", ".join(sorted(set(s["host"] for s in backend["servers"])))))
+        if re.search(r"\s", backend["model"]):
+            problems.append("the served model name %r contains whitespace, which the gateway's model map cannot hold: "
+                            "change served_model_name of %s." % (backend["model"], backend["servers"][0]["name"]))
+        for server in backend["servers"]:
+            if not isinstance(server["port"], int) or isinstance(server["port"], bool) or not 0 < server["port"] < 65536:
+                problems.append("instance %s of %s has no valid port (%r): fix its port in vllm_server_instances." % (
+                    server["instance"], server["host"], server["port"]))
+            if _is_loopback(server["bind_address"]) and server["host"] not in gateway_hosts:
+                problems.append(
+                    "instance %s of %s listens on %s only, which the gateway cannot reach: set its bind_address "
+                    "(vllm_server_bind_address) to an address the gateway host reaches." % (
+                        server["instance"], server["host"], server["bind_address"]))
+    served = set(b["model"] for b in backends)
+    for model in settings.get("models") or []:
+        if model not in served:
+            problems.append("gateway_models asks for %s, but no host of %s serves it (served: %s): serve it on a "
+                            "host or remove it from gateway_models." % (model, group, ", ".join(sorted(served)) or "none"))
+    port, stats_port = settings.get("port"), settings.get("stats_port")
+    if port == stats_port:
+        problems.append("gateway_port and gateway_stats_port are both %s: give them different ports." % port)
+    for gateway in gateway_hosts:
+        for backend in backends:
+            for server in backend["servers"]:
+                if server["host"] == gateway and server["port"] in (port, stats_port):
+                    problems.append("port %s of %s is taken by its vLLM instance %s: change gateway_port or "
+                                    "gateway_stats_port (or the instance's port)."
+                                    % (server["port"], gateway, server["instance"]))
+    if settings.get("require_api_key") and not settings.get("api_key_set"):
+        problems.append("gateway_api_key is empty: clients would reach the fleet without a key. Set it (from Ansible "
+                        "Vault), or set gateway_require_api_key: false to serve openly.")
+    # Each problem once, in the order found (a server in two backends would repeat its own).
+    return list(dict.fromkeys(problems))
+
+
+def gateway_models_list(backends):
+    """The answer of GET /v1/models at the gateway: OpenAI's list shape, one entry per served model."""
+    return {"object": "list",
+            "data": [{"id": b["model"], "object": "model", "created": 0, "owned_by": "vllm"} for b in backends]}
+
+
+def gateway_not_found_body(backends):
+    """The log-format body of the 404 answer for a model no backend serves (http-request return lf-string).
+
+    OpenAI's error shape; %[...] inserts the requested model, escaped for JSON by HAProxy.
+    """
+    import json
+
+    served = ", ".join(b["model"] for b in backends) or "none"
+    # json.dumps escapes the served names for JSON; a literal % is %% in a log-format string.
+    message = json.dumps("The model `@MODEL@` does not exist. Models served here: %s." % served)[1:-1]
+    message = message.replace("%", "%%").replace("@MODEL@", "%[var(txn.llmops_model),json(utf8s)]")
+    return '{"error": {"message": "%s", "type": "NotFoundError", "param": "model", "code": 404}}' % message
+
+
+def gateway_haproxy_string(text):
+    """text as one double-quoted HAProxy configuration argument."""
+    return '"%s"' % str(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def gateway_stat_rows(text):
+    """HAProxy's CSV statistics (show stat, or the stats page's ;csv) as a list of dictionaries."""
+    text = str(text or "").lstrip("# ")
+    return [dict(row) for row in csv.DictReader(io.StringIO(text)) if row.get("svname")]
+
+
+def gateway_host_servers(rows, host):
+    """(backend, server) pairs of the gateway's statistics that belong to an inventory host."""
+    prefix = _NAME_UNSAFE.sub("_", str(host)) + SERVER_SEPARATOR
+    return [{"backend": r["pxname"], "server": r["svname"], "status": r.get("status", "")}
+            for r in rows if str(r.get("svname", "")).startswith(prefix)]
+
+
+def gateway_targets(stat_results, host):
+    """Every (gateway, backend, server) of host, from the registered results of reading each gateway's statistics.
+
+    stat_results is a loop's results list: each item names the gateway host, its content is the CSV.
+    """
+    targets = []
+    for result in stat_results or []:
+        rows = gateway_stat_rows(result.get("content", ""))
+        for server in gateway_host_servers(rows, host):
+            targets.append(dict(server, gateway=result.get("item")))
+    return targets
+
+
+def gateway_drain_problems(rows, host, gateway, allow_last=False):
+    """Sentences for each model whose last healthy backend server would be drained with host; [] when safe."""
+    if allow_last:
+        return []
+    mine = set((s["backend"], s["server"]) for s in gateway_host_servers(rows, host))
+    problems = []
+    for backend in sorted(set(pair[0] for pair in mine)):
+        others = [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")
+                  and (backend, r.get("svname")) not in mine]
+        healthy = [r["svname"] for r in others if str(r.get("status", "")).startswith("UP")]
+        if not healthy:
+            problems.append(
+                "%s is the last healthy server of backend %s at gateway %s (others: %s): draining it would leave "
+                "its model without a server during the upgrade. Bring another server of the model up first, or "
+                "set gateway_drain_allow_last: true to accept the outage." % (
+                    host, backend, gateway,
+                    ", ".join("%s %s" % (r["svname"], r.get("status", "?")) for r in others) or "none"))
+    return problems
+
+
+def gateway_drain_refusals(stat_results, host, allow_last=False):
+    """gateway_drain_problems at every gateway, from the registered results of reading their statistics."""
+    problems = []
+    for result in stat_results or []:
+        problems.extend(gateway_drain_problems(gateway_stat_rows(result.get("content", "")), host,
+                                               result.get("item"), allow_last))
+    return problems
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            "gateway_backends": gateway_backends,
+            "gateway_problems": gateway_problems,
+            "gateway_models_list": gateway_models_list,
+            "gateway_not_found_body": gateway_not_found_body,
+            "gateway_haproxy_string": gateway_haproxy_string,
+            "gateway_server_name": gateway_server_name,
+            "gateway_stat_rows": gateway_stat_rows,
+            "gateway_host_servers": gateway_host_servers,
+            "gateway_drain_problems": gateway_drain_problems,
+            "gateway_targets": gateway_targets,
+            "gateway_drain_refusals": gateway_drain_refusals,
+        }

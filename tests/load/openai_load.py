@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""A bounded load of real OpenAI-client requests: a fixed number of workers send streaming and
+non-streaming chat completions until COUNT requests were sent or SECONDS passed, then print what
+was sent, what failed and the p50/p99 latency. Only for the test hosts of this repository
+(loopback or the llmops-test docker network).
+
+    python3 tests/load/openai_load.py --base-url http://127.0.0.1:8080/v1 --api-key KEY \\
+        --model tiny-chat --concurrency 8 --count 200 --seconds 120 [--json out.json]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+
+import openai
+
+
+def percentile(values, q):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
+
+
+class Load(object):
+    """Runs the workers in threads; start() returns at once, wait() joins them and returns the summary."""
+
+    def __init__(self, base_url, api_key, models, concurrency=4, count=100, seconds=60.0, max_tokens=16,
+                 stream_every=2, timeout=120.0):
+        self.base_url, self.api_key, self.models = base_url, api_key, list(models)
+        self.concurrency, self.count, self.seconds = concurrency, count, seconds
+        self.max_tokens, self.stream_every, self.timeout = max_tokens, stream_every, timeout
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.in_flight = 0
+        self.latencies = []
+        self.failures = []
+        self.events = []  # (start, end, ok, model, stream)
+        self.threads = []
+        self.stop = threading.Event()
+        self.started = None
+
+    def _next(self):
+        with self.lock:
+            if self.stop.is_set() or self.sent >= self.count or time.monotonic() - self.started > self.seconds:
+                return None
+            number = self.sent
+            self.sent += 1
+            self.in_flight += 1
+            return number
+
+    def _one(self, client, number):
+        model = self.models[number % len(self.models)]
+        stream = self.stream_every > 0 and number % self.stream_every == 0
+        messages = [{"role": "user", "content": "Count to five, request %d." % number}]
+        if stream:
+            chunks = client.chat.completions.create(model=model, messages=messages, max_tokens=self.max_tokens,
+                                                    stream=True)
+            received = 0
+            finished = False
+            for chunk in chunks:
+                received += 1
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finished = True
+            if not finished:
+                raise RuntimeError("the stream ended without a finish_reason after %d chunks" % received)
+        else:
+            reply = client.chat.completions.create(model=model, messages=messages, max_tokens=self.max_tokens)
+            if not reply.choices or reply.choices[0].finish_reason is None:
+                raise RuntimeError("a reply without a finished choice")
+        return model, stream
+
+    def _worker(self):
+        client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout)
+        while True:
+            number = self._next()
+            if number is None:
+                return
+            start = time.monotonic()
+            ok, error, model, stream = True, None, self.models[number % len(self.models)], None
+            try:
+                model, stream = self._one(client, number)
+            except Exception as exc:  # every failure counts, whatever raised it
+                ok, error = False, "%s: %s" % (type(exc).__name__, str(exc)[:200])
+            end = time.monotonic()
+            with self.lock:
+                self.in_flight -= 1
+                self.events.append((start - self.started, end - self.started, ok, model, stream))
+                if ok:
+                    self.latencies.append(end - start)
+                else:
+                    self.failures.append(error)
+
+    def start(self):
+        self.started = time.monotonic()
+        self.threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(self.concurrency)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def wait(self, stop=False):
+        if stop:
+            self.stop.set()
+        for thread in self.threads:
+            thread.join(self.seconds + self.timeout + 10)
+        return self.summary()
+
+    def summary(self):
+        with self.lock:
+            elapsed = time.monotonic() - self.started
+            return {"sent": self.sent, "failed": len(self.failures), "ok": len(self.latencies),
+                    "p50_s": percentile(self.latencies, 50), "p99_s": percentile(self.latencies, 99),
+                    "seconds": round(elapsed, 2), "requests_per_s": round(len(self.latencies) / elapsed, 3) if elapsed else 0,
+                    "failures": self.failures[:20]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", required=True, help="OpenAI base URL, e.g. http://127.0.0.1:8080/v1")
+    parser.add_argument("--api-key", default="none")
+    parser.add_argument("--model", action="append", required=True, help="served model name (repeat for several)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--count", type=int, default=100, help="requests to send at most")
+    parser.add_argument("--seconds", type=float, default=60.0, help="stop sending after this long")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--stream-every", type=int, default=2, help="every Nth request streams (0: none)")
+    parser.add_argument("--json", help="also write the summary to this file")
+    args = parser.parse_args(argv)
+    load = Load(args.base_url, args.api_key, args.model, args.concurrency, args.count, args.seconds,
+                args.max_tokens, args.stream_every).start()
+    summary = load.wait()
+    p50 = "%.3f s" % summary["p50_s"] if summary["p50_s"] is not None else "-"
+    p99 = "%.3f s" % summary["p99_s"] if summary["p99_s"] is not None else "-"
+    print("sent %d, failed %d, p50 %s, p99 %s, %.2f requests/s over %.1f s" % (
+        summary["sent"], summary["failed"], p50, p99, summary["requests_per_s"], summary["seconds"]))
+    for failure in summary["failures"]:
+        print("  failure: %s" % failure)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+import json
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.llmops.vllm.plugins.filter.gateway import (
+    gateway_backends, gateway_drain_problems, gateway_drain_refusals, gateway_haproxy_string, gateway_models_list,
+    gateway_not_found_body, gateway_problems, gateway_server_name, gateway_stat_rows, gateway_targets)
+
+HOSTVARS = {
+    "gpu1": {"ansible_host": "10.0.0.1", "vllm_server_api_key": "k1", "vllm_server_served_instances": [
+        {"name": "a", "model": "/m/tiny", "served_model_name": "tiny-chat", "port": 8000, "bind_address": "0.0.0.0"},
+        {"name": "b", "model": "/m/tiny", "served_model_name": "tiny-chat-b", "port": 8001, "bind_address": "0.0.0.0"}]},
+    "gpu2": {"vllm_server_api_key": "k1", "vllm_server_served_instances": [
+        {"name": "vllm", "model": "/m/tiny", "served_model_name": "tiny-chat", "port": 8000}]},
+    "gpu3": {"gateway_backend_address": "gpu3.internal", "vllm_server_served_instances": [
+        {"name": "vllm", "model": "org/Model-7B", "served_model_name": "", "port": 8000}]},
+}
+SETTINGS = {"port": 8080, "stats_port": 8404, "models": [], "require_api_key": True, "api_key_set": True,
+            "backend_group": "gpu_hosts"}
+
+
+def test_one_backend_per_served_model_with_every_instance_serving_it():
+    backends = gateway_backends(["gpu1", "gpu2", "gpu3"], HOSTVARS)
+    assert [b["model"] for b in backends] == ["org/Model-7B", "tiny-chat", "tiny-chat-b"]
+    assert [b["name"] for b in backends] == ["model0_org_Model-7B", "model1_tiny-chat", "model2_tiny-chat-b"]
+    chat = backends[1]
+    assert [(s["name"], s["address"], s["port"]) for s in chat["servers"]] == [
+        ("gpu1:a", "10.0.0.1", 8000), ("gpu2:vllm", "gpu2", 8000)]
+    assert chat["api_key"] == "k1"
+    # the model id when no served name is given; the address the inventory names for the gateway
+    assert backends[0]["servers"][0]["address"] == "gpu3.internal" and backends[0]["api_key"] == ""
+
+
+def test_a_list_of_served_names_puts_the_instance_into_each_backend():
+    hostvars = {"h": {"vllm_server_served_instances": [{"name": "x", "served_model_name": ["a", "b"], "port": 1}]}}
+    assert [b["servers"][0]["name"] for b in gateway_backends(["h"], hostvars)] == ["h:x", "h:x"]
+
+
+def test_hosts_without_instances_give_no_backend_and_a_problem_naming_the_group():
+    backends = gateway_backends(["lonely"], {"lonely": {}})
+    assert backends == []
+    (problem,) = gateway_problems(backends, ["gw"], {}, SETTINGS)
+    assert "no vLLM instance to route to: the group gpu_hosts" in problem and "gateway_backend_group" in problem
+
+
+def test_bad_input_is_named():
+    hostvars = dict(HOSTVARS, gpu2={"vllm_server_api_key": "other", "vllm_server_served_instances": [
+        {"name": "vllm", "served_model_name": "tiny-chat", "port": 8000, "bind_address": "127.0.0.1"}]})
+    backends = gateway_backends(["gpu1", "gpu2"], hostvars)
+    problems = " ".join(gateway_problems(backends, ["gw"], hostvars, dict(SETTINGS, models=["tiny-chat", "llama"])))
+    assert "the hosts serving tiny-chat (gpu1, gpu2) have different vllm_server_api_key values" in problems
+    assert "instance vllm of gpu2 listens on 127.0.0.1 only" in problems and "vllm_server_bind_address" in problems
+    assert "gateway_models asks for llama, but no host of gpu_hosts serves it (served: tiny-chat, tiny-chat-b)" in problems
+
+
+def test_port_clashes_and_missing_key_are_refused():
+    backends = gateway_backends(["gpu1"], HOSTVARS)
+    assert gateway_problems(backends, ["gw"], HOSTVARS, SETTINGS) == []
+    same = gateway_problems(backends, ["gw"], HOSTVARS, dict(SETTINGS, stats_port=8080))
+    assert same == ["gateway_port and gateway_stats_port are both 8080: give them different ports."]
+    # the gateway on a vLLM host whose instance holds the gateway's port
+    clash = gateway_problems(backends, ["gpu1"], HOSTVARS, dict(SETTINGS, port=8001))
+    assert clash == ["port 8001 of gpu1 is taken by its vLLM instance b: change gateway_port or gateway_stats_port "
+                     "(or the instance's port)."]
+    (nokey,) = gateway_problems(backends, ["gw"], HOSTVARS, dict(SETTINGS, api_key_set=False))
+    assert "gateway_api_key is empty" in nokey and "gateway_require_api_key: false" in nokey
+    assert gateway_problems(backends, ["gw"], HOSTVARS, dict(SETTINGS, api_key_set=False, require_api_key=False)) == []
+
+
+def test_hosts_must_be_a_list():
+    with pytest.raises(AnsibleFilterError):
+        gateway_backends("gpu1", HOSTVARS)
+
+
+def test_models_list_is_openai_shaped():
+    assert gateway_models_list(gateway_backends(["gpu1"], HOSTVARS)) == {"object": "list", "data": [
+        {"id": "tiny-chat", "object": "model", "created": 0, "owned_by": "vllm"},
+        {"id": "tiny-chat-b", "object": "model", "created": 0, "owned_by": "vllm"}]}
+
+
+def test_not_found_body_is_json_once_haproxy_fills_in_the_model():
+    body = gateway_not_found_body([{"model": 'we"ird%'}, {"model": "tiny-chat"}])
+    filled = body.replace("%[var(txn.llmops_model),json(utf8s)]", "nope").replace("%%", "%")
+    error = json.loads(filled)["error"]
+    assert error == {"message": 'The model `nope` does not exist. Models served here: we"ird%, tiny-chat.',
+                     "type": "NotFoundError", "param": "model", "code": 404}
+
+
+def test_haproxy_string_escapes_quotes_and_backslashes():
+    assert gateway_haproxy_string('a "b" \\c') == '"a \\"b\\" \\\\c"'
+
+
+def test_server_names_keep_to_haproxy_characters():
+    assert gateway_server_name("gpu 1.example", "vllm/x") == "gpu_1.example:vllm_x"
+
+
+STATS = """# pxname,svname,qcur,scur,status
+model0_tiny-chat,FRONTEND,0,0,OPEN
+model0_tiny-chat,gpu1:a,0,2,UP
+model0_tiny-chat,gpu2:vllm,0,0,UP
+model0_tiny-chat,BACKEND,0,2,UP
+model1_tiny-chat-b,gpu1:b,0,0,UP
+model1_tiny-chat-b,BACKEND,0,0,UP
+"""
+
+
+def test_stats_rows_and_the_servers_of_a_host():
+    rows = gateway_stat_rows(STATS)
+    assert rows[1] == {"pxname": "model0_tiny-chat", "svname": "gpu1:a", "qcur": "0", "scur": "2", "status": "UP"}
+    targets = gateway_targets([{"item": "gw", "content": STATS}], "gpu1")
+    assert [(t["gateway"], t["backend"], t["server"]) for t in targets] == [
+        ("gw", "model0_tiny-chat", "gpu1:a"), ("gw", "model1_tiny-chat-b", "gpu1:b")]
+    # gpu1 is not a prefix of gpu10's servers
+    assert gateway_targets([{"item": "gw", "content": STATS.replace("gpu2:", "gpu10:")}], "gpu1")[0]["server"] == "gpu1:a"
+
+
+def test_the_last_healthy_server_of_a_model_is_not_drained_unless_allowed():
+    rows = gateway_stat_rows(STATS)
+    (problem,) = gateway_drain_problems(rows, "gpu1", "gw")
+    assert problem.startswith("gpu1 is the last healthy server of backend model1_tiny-chat-b at gateway gw (others: none)")
+    assert "gateway_drain_allow_last: true" in problem
+    assert gateway_drain_problems(rows, "gpu1", "gw", allow_last=True) == []
+    # gpu2's model keeps gpu1:a
+    assert gateway_drain_problems(rows, "gpu2", "gw") == []
+    # a server that is down or drained does not count as the other healthy one
+    down = gateway_stat_rows(STATS.replace("gpu1:a,0,2,UP", "gpu1:a,0,0,DOWN"))
+    (problem,) = gateway_drain_problems(down, "gpu2", "gw")
+    assert "(others: gpu1:a DOWN)" in problem
+    assert gateway_drain_refusals([{"item": "gw", "content": STATS}], "gpu1") == [problem.replace(
+        "gpu2", "gpu1").replace("model0_tiny-chat", "model1_tiny-chat-b").replace("gpu1:a DOWN", "none")]
