@@ -194,11 +194,13 @@ def _datasource(uid):
 def monitoring_grafana_dashboard(spec, datasource_uid):
     """A Grafana dashboard (JSON model) from a short spec: uid, title, description, tags, variables
     (name, query, label; multi-select with All), rows (title, repeat, panels) or panels
-    (title, type, unit, description, targets: [{expr, legend}]).
+    (title, type, unit, description, targets: [{expr, legend}]), and selector, a label filter
+    that <selector> in a query stands for.
     Panels are laid out two per line, eight units high.
     """
     if not isinstance(spec, dict) or not spec.get("uid") or not spec.get("title"):
         raise AnsibleFilterError("a dashboard spec needs a uid and a title")
+    selector = str(spec.get("selector") or "")
     ds = _datasource(datasource_uid)
     templating = []
     for v in spec.get("variables") or []:
@@ -241,8 +243,8 @@ def monitoring_grafana_dashboard(spec, datasource_uid):
             if p.get("type") == "heatmap":
                 panel["options"] = {"calculate": False, "yAxis": {"axisLabel": p.get("axis_label", "")}}
             for ref, t in zip("ABCDEFGHIJ", p.get("targets") or []):
-                target = {"datasource": ds, "refId": ref, "expr": t["expr"], "legendFormat": t.get("legend", "__auto"),
-                          "range": True, "instant": False, "editorMode": "code"}
+                target = {"datasource": ds, "refId": ref, "expr": str(t["expr"]).replace("<selector>", selector),
+                          "legendFormat": t.get("legend", "__auto"), "range": True, "instant": False, "editorMode": "code"}
                 if p.get("type") == "heatmap":
                     target["format"] = "heatmap"
                 panel["targets"].append(target)
