@@ -89,7 +89,7 @@ def monitoring_scrape_configs(hostvars, settings):
 
     settings: vllm_hosts, node_hosts, gateway_hosts, registry_cache_hosts (host lists), vllm_defaults,
     node_exporter_port, dcgm_exporter_port, dcgm_exporter (bool), gateway_stats_port,
-    registry_cache_debug_port (defaults where a host does not set its own), scrape_interval,
+    registry_cache_metrics_port (defaults where a host does not set its own), scrape_interval,
     prometheus_port. Every target carries the label host (the inventory name); vLLM targets also
     vllm_instance (the container) and model (the served model name, on `up` too).
     Instances that listen on loopback only are left out (no other host reaches them); see
@@ -123,7 +123,10 @@ def monitoring_scrape_configs(hostvars, settings):
     registry = []
     for h in s.get("registry_cache_hosts") or []:
         hv = _vars_of(hostvars, h)
-        registry.append(_static(h, _address(hv, h), _get(hv, "registry_cache_debug_port", s["registry_cache_debug_port"])))
+        port = _get(hv, "registry_cache_metrics_port", s["registry_cache_metrics_port"])
+        # 0: the registry cache role's way of turning its metrics off
+        if int(port):
+            registry.append(_static(h, _address(hv, h), port))
     jobs.append(("registry_cache", "/metrics", registry))
 
     configs = [{"job_name": "prometheus", "static_configs": [

@@ -219,7 +219,7 @@ def test_prometheus_configuration_passes_promtool(tmp_path):
         "vllm_hosts": ["gpu1", "gpu2"], "node_hosts": ["gpu1", "gpu2", "ops"], "gateway_hosts": ["ops"],
         "registry_cache_hosts": ["ops"], "vllm_defaults": vllm_defaults, "node_exporter_port": 9100,
         "dcgm_exporter": True, "dcgm_exporter_port": 9400, "gateway_stats_port": 8404,
-        "registry_cache_debug_port": 5001, "prometheus_port": 9090, "prometheus_host": "ops"})
+        "registry_cache_metrics_port": 5001, "prometheus_port": 9090, "prometheus_host": "ops"})
     config = {"global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
               "rule_files": [str(rules_dir / "*.yml")], "scrape_configs": scrape}
     path = tmp_path / "prometheus.yml"

@@ -30,7 +30,7 @@ HOSTVARS = {
 SETTINGS = {"vllm_hosts": ["gpu1", "gpu2", "gpu3"], "node_hosts": ["gpu1", "gpu2", "gpu3", "ops", "gpu1"],
             "gateway_hosts": ["ops"], "registry_cache_hosts": ["ops"], "vllm_defaults": VLLM_DEFAULTS,
             "node_exporter_port": 9100, "dcgm_exporter": True, "dcgm_exporter_port": 9400,
-            "gateway_stats_port": 8404, "registry_cache_debug_port": 5001, "prometheus_port": 9090,
+            "gateway_stats_port": 8404, "registry_cache_metrics_port": 5001, "prometheus_port": 9090,
             "prometheus_host": "ops"}
 
 
@@ -65,9 +65,11 @@ def test_node_exporters_once_per_host_and_dcgm_only_where_there_are_gpus():
 def test_gateway_and_registry_cache_ports_come_from_their_hosts_or_the_defaults():
     assert targets(jobs()["haproxy"]) == [("ops:9000", {"host": "ops"})]
     assert targets(jobs()["registry_cache"]) == [("ops:5001", {"host": "ops"})]
-    hostvars = dict(HOSTVARS, ops={"registry_cache_debug_port": 5002})
+    hostvars = dict(HOSTVARS, ops={"registry_cache_metrics_port": 5002})
     assert targets(jobs(hostvars)["haproxy"]) == [("ops:8404", {"host": "ops"})]
     assert targets(jobs(hostvars)["registry_cache"]) == [("ops:5002", {"host": "ops"})]
+    # the registry cache role turns its metrics off with port 0
+    assert "registry_cache" not in jobs(dict(HOSTVARS, ops={"registry_cache_metrics_port": 0}))
 
 
 def test_empty_groups_leave_their_jobs_out():
