@@ -4,7 +4,9 @@ down" alert fires when a server is killed and resolves when it is back, and a br
 from the inventory is refused while the running rules stay.
 
 The fleet inventory shortens the alert durations (monitoring_alert_instance_down_for: 15s,
-monitoring_prometheus_scrape_interval / _evaluation_interval: 5s) so that this takes seconds.
+monitoring_prometheus_scrape_interval / _evaluation_interval: 5s) so that this takes seconds, and
+lets the node exporter report the test hosts' overlay root file system
+(monitoring_node_exporter_args), which it leaves out by default.
 """
 
 import json
@@ -106,6 +108,17 @@ def test_every_host_has_a_node_exporter_and_no_cpu_only_host_a_dcgm_exporter(hos
     assert query(host, 'up{job="dcgm"}') == []
     for gpu in GPU_HOSTS:
         assert "dcgm-exporter" not in docker_on(gpu, "ps", "-a", "--format", "{{.Names}}").split()
+
+
+def test_the_disk_holding_the_vllm_data_is_watched_on_every_gpu_host(host):
+    # the left side of VllmDataDiskFilling, as Prometheus loaded it
+    (rule,) = [r for g in api(host, "/api/v1/rules")["groups"] for r in g["rules"] if r["name"] == "VllmDataDiskFilling"]
+    ratio = rule["query"].rsplit("<", 1)[0]
+    series = wait_for(lambda: query(host, ratio), 30)
+    assert set(s["metric"]["host"] for s in series) == set(GPU_HOSTS), series
+    for s in series:
+        assert "/data/vllm" in s["metric"]["paths"].split(",")
+        assert 0 < float(s["value"][1]) <= 1
 
 
 def test_generated_tokens_count_after_test_traffic(host):
