@@ -176,3 +176,17 @@ def test_a_broken_rule_file_is_refused_and_the_running_rules_stay(host, tmp_path
     assert host.file("/etc/prometheus/rules.d/llmops-vllm-alerts.yml").sha256sum == before
     assert host.service("prometheus").is_running
     assert "llmops-vllm" in [g["name"] for g in api(host, "/api/v1/rules")["groups"]]
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"monitoring_alert_instance_down_for": "5 minutes"},
+     "monitoring_alert_instance_down_for must be a Prometheus duration such as 30s, 5m or 1h30m, not 5 minutes."),
+    ({"monitoring_alert_kv_cache_usage": 90}, "monitoring_alert_kv_cache_usage must be a number from 0 to 1, not 90."),
+])
+def test_wrong_thresholds_stop_the_run_before_any_host_changes(host, variables, message):
+    before = host.file("/etc/prometheus/rules.d/llmops-vllm-alerts.yml").sha256sum
+    result = run_playbook(os.path.join("playbooks", "monitoring.yml"), extra_vars=variables)
+    assert result.returncode != 0
+    assert message in " ".join(result.output.split()), result.output[-3000:]
+    assert "Run the exporters on every watched host" not in result.output
+    assert host.file("/etc/prometheus/rules.d/llmops-vllm-alerts.yml").sha256sum == before
