@@ -228,3 +228,58 @@ def test_prometheus_configuration_passes_promtool(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 9 rules found" in result.stdout
     assert [c["job_name"] for c in scrape] == ["prometheus", "vllm", "node", "dcgm", "haproxy", "registry_cache"]
+
+
+# Rendered in a fresh interpreter whose collection loader finds llmops.vllm's filters, as in
+# ansible-playbook (this process imported the collection as a plain package already).
+_RENDER = """
+import json, os, sys
+from ansible.plugins.loader import init_plugin_loader
+init_plugin_loader([os.path.join(sys.argv[1], "collections")])
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar
+loader = DataLoader()
+variables = {}
+for name in ("defaults/main.yml", "vars/main.yml"):
+    variables.update(loader.load_from_file(os.path.join(sys.argv[1], "roles", "monitoring", name), trusted_as_template=True))
+variables.update(json.loads(sys.argv[3]), role_path=os.path.join(sys.argv[1], "roles", "monitoring"))
+print(json.dumps(Templar(loader=loader, variables=variables).template(variables[sys.argv[2]])))
+"""
+
+
+@pytest.fixture(scope="module")
+def collection_templar():
+    import sys
+
+    def render(name, **overrides):
+        result = subprocess.run([sys.executable, "-c", _RENDER, ROOT, name, json.dumps(overrides)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    return render
+
+
+def test_the_dcgm_exporter_task_gets_nvidias_container(collection_templar):
+    """What tasks/dcgm-exporter.yml passes to docker_container, rendered from the role's defaults.
+    No GPU and no nvcr.io here: the container itself never runs in these tests."""
+    c = collection_templar("_monitoring_dcgm_container")
+    assert c["image"] == "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.2-4.7.1-ubuntu22.04"
+    assert c["device_requests"] == [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
+    assert c["capabilities"] == ["SYS_ADMIN"] and c["published_ports"] == ["0.0.0.0:9400:9400"]
+    assert c["env"] == {"DCGM_EXPORTER_LISTEN": ":9400"} and c["command"] == []
+    c = collection_templar("_monitoring_dcgm_container", monitoring_dcgm_exporter_port=9401,
+                           monitoring_dcgm_exporter_counters="/etc/dcgm-exporter/dcp-metrics-included.csv")
+    assert c["published_ports"] == ["0.0.0.0:9401:9401"]
+    assert c["command"] == ["-f", "/etc/dcgm-exporter/dcp-metrics-included.csv"]
+
+
+@pytest.mark.parametrize("cpu_only, enabled, wanted", [(False, True, True), (True, True, False), (False, False, False)])
+def test_the_dcgm_exporter_is_skipped_on_cpu_only_hosts(collection_templar, cpu_only, enabled, wanted):
+    assert collection_templar("_monitoring_dcgm_wanted", llmops_cpu_only=cpu_only,
+                              monitoring_dcgm_exporter_enabled=enabled) is wanted
+
+
+def test_prometheus_flags(collection_templar):
+    args = collection_templar("_monitoring_prometheus_args", monitoring_prometheus_retention="30d").split()
+    assert args == ["--web.listen-address=0.0.0.0:9090", "--storage.tsdb.retention.time=30d"]
