@@ -141,8 +141,9 @@ def test_generated_tokens_count_after_test_traffic(host):
         assert wait_for(counted, 60), query(host, "vllm:generation_tokens_total" + selector)
 
 
-def alerts(host, name, **labels):
-    return [a for a in api(host, "/api/v1/alerts")["alerts"]
+def alerts(monitor, name, **labels):
+    """The alerts of that name whose labels include these (pending or firing)."""
+    return [a for a in api(monitor, "/api/v1/alerts")["alerts"]
             if a["labels"]["alertname"] == name and all(a["labels"].get(k) == v for k, v in labels.items())]
 
 
