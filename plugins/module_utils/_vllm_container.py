@@ -55,10 +55,15 @@ def entrypoint_wrapper(instance):
     """A shell that exports the instance's secrets file, then runs the image's entrypoint.
 
     The secrets reach vLLM's environment without appearing in `docker inspect` or on a command line.
+    It fails closed: without a readable secrets file (which the role always writes, empty of keys
+    only when none is set) it exits non-zero with a message on stderr instead of starting vLLM
+    without its API key.
     """
     secrets = "%s/%s" % (CONTAINER_CONFIGS_DIR, instance["secrets_file"])
     return ["/bin/sh", "-c",
-            'f=%s; if [ -r "$f" ]; then set -a; . "$f"; set +a; fi; exec "$@"' % secrets,
+            'f=%s; if [ ! -r "$f" ]; then echo "vllm-entrypoint: cannot read its secrets file $f;'
+            ' refusing to start without the instance\'s API key and token. Run the llmops.vllm.vllm_server'
+            ' role to write it again." >&2; exit 78; fi; set -a; . "$f" || exit 78; set +a; exec "$@"' % secrets,
             "vllm-entrypoint"]
 
 

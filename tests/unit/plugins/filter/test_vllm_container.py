@@ -123,3 +123,17 @@ def test_wrong_input_is_a_filter_error():
         FILTERS["vllm_container"]({"name": "raw"}, SETTINGS)
     with pytest.raises(AnsibleFilterError, match="GPU selection"):
         container(instance(gpus=True))
+
+
+def test_the_entrypoint_wrapper_fails_closed_without_the_secrets_file(tmp_path):
+    import subprocess
+
+    wrapper = container(instance())["entrypoint"][:4]
+    script = wrapper[2].replace("/etc/vllm/", str(tmp_path) + "/")
+    missing = subprocess.run(wrapper[:2] + [script, wrapper[3], "echo", "started"], capture_output=True, text=True)
+    assert missing.returncode == 78 and missing.stdout == ""
+    assert "cannot read its secrets file %s/chat.env; refusing to start" % tmp_path in missing.stderr
+    (tmp_path / "chat.env").write_text("VLLM_API_KEY='k$(x)'\n")
+    present = subprocess.run(wrapper[:2] + [script, wrapper[3], "sh", "-c", "echo $VLLM_API_KEY"],
+                             capture_output=True, text=True)
+    assert present.returncode == 0 and present.stdout == "k$(x)\n"
