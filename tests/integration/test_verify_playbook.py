@@ -12,7 +12,7 @@ import tarfile
 
 import yaml
 
-from vllm_testbed import API_KEY, BIN, ROOT, _module_env
+from vllm_testbed import API_KEY, BIN, ROOT, VLLM_VERSION, _module_env
 
 
 def free_port():
@@ -63,7 +63,7 @@ def test_fleet_report_lists_every_host_with_its_numbers_or_reason(chat_server, t
     assert list(rows) == ["node-a", "node-b", "node-c"]
     a = rows["node-a"]
     assert a["ok"] is True and a["reason"] == "" and a["ready"] is True
-    assert a["url"] == chat_server.url and a["model"] == "tiny-chat" and a["version"] == "0.32.0"
+    assert a["url"] == chat_server.url and a["model"] == "tiny-chat" and a["version"] == VLLM_VERSION
     for number in ("time_to_ready", "latency", "time_to_first_token", "tokens_per_second"):
         assert a[number] > 0, number
     b = rows["node-b"]
@@ -145,5 +145,5 @@ def test_the_built_collection_installs_and_verifies_by_its_fqcn(chat_server, tmp
     said = result.stdout + result.stderr
     assert "No config file found; using defaults" in said and "running playbook inside collection llmops.vllm" in said, said
     [row] = report["endpoints"]
-    assert row["ok"] is True and row["url"] == chat_server.url and row["version"] == "0.32.0"
+    assert row["ok"] is True and row["url"] == chat_server.url and row["version"] == VLLM_VERSION
     assert "1 of 1 endpoints serve chat completions." in markdown

@@ -8,11 +8,11 @@ import shlex
 
 import yaml
 
-from llmops_testlib import TEST_API_KEY, aliased_inventory, containers, recap, run_playbook, verify
+from llmops_testlib import CPU_IMAGE, TEST_API_KEY, VLLM_VERSION, aliased_inventory, containers, recap, run_playbook, verify
 
 HOST = "llmops-multi-instance"
-IMAGE = "vllm/vllm-openai-cpu:v0.32.0-x86_64"
-BROKEN = "vllm/vllm-openai-cpu:v0.32.0-broken-x86_64"
+IMAGE = CPU_IMAGE
+BROKEN = "vllm/vllm-openai-cpu:v%s-broken-x86_64" % VLLM_VERSION
 
 
 def test_each_instance_runs_in_its_own_container_on_its_own_port(host):
