@@ -108,6 +108,19 @@ def test_verification_delegated_to_the_control_node(chat_server, tmp_path):
     assert "1 of 1 endpoints serve chat completions." in markdown
 
 
+def test_given_endpoints_are_verified_without_the_role(tmp_path):
+    """llmops_verify_endpoints: endpoints deployed otherwise, checked from the control node; no vLLM needed."""
+    port = free_port()
+    hosts = {"node-x": dict(ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=1)}
+    given = {"llmops_verify_endpoints": [{"url": "http://127.0.0.1:%d" % port, "model": "other"}]}
+    result, report, markdown = run_playbook(tmp_path, hosts, "-e", "llmops_verify_from_control_node=true",
+                                            "-e", json.dumps(given))
+    assert result.returncode == 2, result.stdout + result.stderr
+    [row] = report["endpoints"]
+    assert row["host"] == "node-x" and row["url"] == "http://127.0.0.1:%d" % port and row["model"] == "other"
+    assert row["ok"] is False and "did not become ready" in row["reason"]
+
+
 def test_the_built_collection_installs_and_verifies_by_its_fqcn(chat_server, tmp_path):
     """What users of Galaxy run: `ansible-galaxy collection build`, `... install`, then
     `ansible-playbook llmops.vllm.verify` outside this checkout (no ansible.cfg, no collections/ link)."""
