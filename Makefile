@@ -14,6 +14,8 @@ export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
 export ANSIBLE_NOCOLOR ?= 1
 TOOLING := tests/tooling
+# The vLLM release the collection ships, named once in the vllm_server role's defaults.
+VLLM_VERSION := $(shell sed -n 's/^vllm_server_version: *//p' roles/vllm_server/defaults/main.yml)
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
 .PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration bench bench-fleet bench-gateway molecule ee test
@@ -108,6 +110,6 @@ clean: demo-down
 	$(TOOLING)/registry down
 
 distclean: clean
-	-docker image rm llmops-test/vllm-openai-cpu:v0.32.0 llmops-test/vllm-openai-cpu:v0.32.0-broken llmops-test/debian12-systemd:latest llmops-test/debian12:latest llmops-test/registry:latest llmops-test/ee:latest llmops-test/ee-base-debian12:latest
+	-docker image rm llmops-test/vllm-openai-cpu:v$(VLLM_VERSION) llmops-test/vllm-openai-cpu:v$(VLLM_VERSION)-broken llmops-test/debian12-systemd:latest llmops-test/debian12:latest llmops-test/registry:latest llmops-test/ee:latest llmops-test/ee-base-debian12:latest
 	-docker volume rm llmops-test-registry llmops-ee-host-docker
 	rm -rf .cache $(VENV) /var/cache/llmops-test

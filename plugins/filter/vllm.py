@@ -8,24 +8,16 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
+    INSTANCE_LABEL, MODE_LABEL, ContainerSpecError, device_requests)
+
 
 def vllm_device_requests(gpus):
     """Return docker_container device_requests for a GPU selection."""
-    request = {"driver": "nvidia", "capabilities": [["gpu"]]}
-    if gpus is None or gpus == "none" or gpus == []:
-        return []
-    if gpus == "all":
-        return [dict(request, count=-1)]
-    if isinstance(gpus, bool):
-        raise AnsibleFilterError("GPU selection must be 'all', 'none', a count or a list of GPU ids, not %r" % gpus)
-    if isinstance(gpus, int) or (isinstance(gpus, str) and gpus.isdigit()):
-        count = int(gpus)
-        return [dict(request, count=count)] if count > 0 else []
-    if isinstance(gpus, (list, tuple)):
-        return [dict(request, device_ids=[str(g) for g in gpus])]
-    if isinstance(gpus, str):
-        return [dict(request, device_ids=[g.strip() for g in gpus.split(",") if g.strip()])]
-    raise AnsibleFilterError("GPU selection must be 'all', 'none', a count or a list of GPU ids, not %r" % (gpus,))
+    try:
+        return device_requests(gpus)
+    except ContainerSpecError as e:
+        raise AnsibleFilterError(str(e))
 
 
 def vllm_gpu_count(gpus, available=None):
@@ -115,6 +107,57 @@ def vllm_resolve_instances(instances, defaults, gpus_available=None):
         )
         resolved.append(i)
     return resolved
+
+
+def vllm_host_gpus(gpu_info):
+    """The host's GPUs from llmops.vllm.nvidia_gpu_info's result: [{index, uuid, memory_mib}], [] without one."""
+    gpus = (gpu_info or {}).get("gpus") or []
+    return [{"index": str(g["index"]), "uuid": g["uuid"], "memory_mib": int(g["memory_total_mib"])} for g in gpus]
+
+
+def vllm_found_instances(host_info, default_mode):
+    """The role's containers that community.docker.docker_host_info found: [{name, mode}].
+
+    A container of an older release without the mode label counts as running in default_mode.
+    """
+    found = []
+    for container in (host_info or {}).get("containers") or []:
+        labels = container.get("Labels") or {}
+        found.append({"name": labels[INSTANCE_LABEL], "mode": labels.get(MODE_LABEL, default_mode)})
+    return found
+
+
+def _unique(names):
+    seen = []
+    for name in names:
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+def vllm_dropped_instances(found, instances):
+    """Names of the instances found on the host that vllm_server_instances no longer lists."""
+    listed = set(i["name"] for i in instances)
+    return _unique(f["name"] for f in found if f["name"] not in listed)
+
+
+def vllm_stale_containers(found, instances, mode):
+    """Containers to remove: those of dropped instances, and those running in the other mode."""
+    return _unique(vllm_dropped_instances(found, instances) + [f["name"] for f in found if f["mode"] != mode])
+
+
+def vllm_downloads(instances, models_dir):
+    """The instances that fetch their model before they start (a hub id, not a path inside the container).
+
+    Each gets download_stamp: the file recording a finished download of its model and revision.
+    """
+    downloads = []
+    for i in instances:
+        if not i.get("download") or str(i["model"]).startswith("/"):
+            continue
+        stamp = "%s/.downloaded/%s@%s" % (models_dir, str(i["model"]).replace("/", "--"), i.get("revision", "main"))
+        downloads.append(dict(i, download_stamp=stamp))
+    return downloads
 
 
 def _version_tuple(text):
@@ -305,4 +348,9 @@ class FilterModule(object):
             "vllm_fit_problem": vllm_fit_problem,
             "vllm_instance_state": vllm_instance_state,
             "vllm_pick_option_spec": vllm_pick_option_spec,
+            "vllm_host_gpus": vllm_host_gpus,
+            "vllm_found_instances": vllm_found_instances,
+            "vllm_dropped_instances": vllm_dropped_instances,
+            "vllm_stale_containers": vllm_stale_containers,
+            "vllm_downloads": vllm_downloads,
         }

@@ -31,9 +31,15 @@ options:
     description: The nvidia-smi binary. Looked up on C(PATH) when not given.
     type: path
   require:
-    description: Fail, with RV(error)'s message and hint, when nvidia-smi lists no GPU.
+    description:
+      - Fail when nvidia-smi lists no usable GPU, with RV(error)'s message and hint and the way out for a host
+        without NVIDIA GPUs (C(llmops_cpu_only)). The collection's roles gate on this, so the sentence is written once.
     type: bool
     default: false
+  host:
+    description: The host's name in the failure message of O(require) (the roles pass C(inventory_hostname)).
+    type: str
+    default: this host
   return_raw:
     description: Also return the commands run and their raw output (RV(raw)), for recording fixtures.
     type: bool
@@ -250,6 +256,7 @@ def main():
         argument_spec=dict(
             nvidia_smi=dict(type="path"),
             require=dict(type="bool", default=False),
+            host=dict(type="str", default="this host"),
             return_raw=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
@@ -273,7 +280,9 @@ def main():
         facts["raw"] = runner.raw
     if module.params["require"] and not facts["available"]:
         error = facts["error"]
-        module.fail_json(msg="No NVIDIA GPU is usable on this host: %s. %s" % (error["message"], error["hint"]), **facts)
+        module.fail_json(msg="%s has no usable NVIDIA GPU: %s. %s If this host has no NVIDIA GPU, mark it CPU-only "
+                             "(llmops_cpu_only: true in the inventory) and serve a vLLM CPU image there." % (
+                                 module.params["host"], error["message"], error["hint"]), **facts)
     module.exit_json(changed=False, **facts)
 
 

@@ -12,7 +12,7 @@ import tarfile
 
 import yaml
 
-from vllm_testbed import API_KEY, BIN, ROOT, _module_env
+from vllm_testbed import API_KEY, BIN, ROOT, VLLM_VERSION, _module_env
 
 
 def free_port():
@@ -63,7 +63,7 @@ def test_fleet_report_lists_every_host_with_its_numbers_or_reason(chat_server, t
     assert list(rows) == ["node-a", "node-b", "node-c"]
     a = rows["node-a"]
     assert a["ok"] is True and a["reason"] == "" and a["ready"] is True
-    assert a["url"] == chat_server.url and a["model"] == "tiny-chat" and a["version"] == "0.32.0"
+    assert a["url"] == chat_server.url and a["model"] == "tiny-chat" and a["version"] == VLLM_VERSION
     for number in ("time_to_ready", "latency", "time_to_first_token", "tokens_per_second"):
         assert a[number] > 0, number
     b = rows["node-b"]
@@ -108,6 +108,19 @@ def test_verification_delegated_to_the_control_node(chat_server, tmp_path):
     assert "1 of 1 endpoints serve chat completions." in markdown
 
 
+def test_given_endpoints_are_verified_without_the_role(tmp_path):
+    """llmops_verify_endpoints: endpoints deployed otherwise, checked from the control node; no vLLM needed."""
+    port = free_port()
+    hosts = {"node-x": dict(ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=1)}
+    given = {"llmops_verify_endpoints": [{"url": "http://127.0.0.1:%d" % port, "model": "other"}]}
+    result, report, markdown = run_playbook(tmp_path, hosts, "-e", "llmops_verify_from_control_node=true",
+                                            "-e", json.dumps(given))
+    assert result.returncode == 2, result.stdout + result.stderr
+    [row] = report["endpoints"]
+    assert row["host"] == "node-x" and row["url"] == "http://127.0.0.1:%d" % port and row["model"] == "other"
+    assert row["ok"] is False and "did not become ready" in row["reason"]
+
+
 def test_the_built_collection_installs_and_verifies_by_its_fqcn(chat_server, tmp_path):
     """What users of Galaxy run: `ansible-galaxy collection build`, `... install`, then
     `ansible-playbook llmops.vllm.verify` outside this checkout (no ansible.cfg, no collections/ link)."""
@@ -145,5 +158,5 @@ def test_the_built_collection_installs_and_verifies_by_its_fqcn(chat_server, tmp
     said = result.stdout + result.stderr
     assert "No config file found; using defaults" in said and "running playbook inside collection llmops.vllm" in said, said
     [row] = report["endpoints"]
-    assert row["ok"] is True and row["url"] == chat_server.url and row["version"] == "0.32.0"
+    assert row["ok"] is True and row["url"] == chat_server.url and row["version"] == VLLM_VERSION
     assert "1 of 1 endpoints serve chat completions." in markdown

@@ -4,12 +4,12 @@ the vLLM in the test image must give the committed file, byte for byte."""
 import os
 import subprocess
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-IMAGE = "llmops-test/vllm-openai-cpu:v0.32.0"
-DATA = os.path.join(ROOT, "roles", "vllm_server", "files", "vllm_serve_options", "0.32.0.yml")
+from vllm_testbed import IMAGE, ROOT, VLLM_VERSION
+
+DATA = os.path.join(ROOT, "roles", "vllm_server", "files", "vllm_serve_options", "%s.yml" % VLLM_VERSION)
 
 
-def test_option_data_matches_the_parser_of_vllm_0_32_0():
+def test_option_data_matches_the_parser_of_the_shipped_vllm():
     generated = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "-v", "%s:/tools:ro" % os.path.join(ROOT, "tools"),
          "--entrypoint", "python3", IMAGE, "/tools/vllm_serve_options.py"],
@@ -18,5 +18,5 @@ def test_option_data_matches_the_parser_of_vllm_0_32_0():
     with open(DATA) as f:
         committed = f.read()
     assert generated == committed, (
-        "roles/vllm_server/files/vllm_serve_options/0.32.0.yml no longer matches vLLM's parser; "
-        "regenerate it with tools/vllm_serve_options.py (see its docstring)")
+        "roles/vllm_server/files/vllm_serve_options/%s.yml no longer matches vLLM's parser; "
+        "regenerate it with tools/vllm_serve_options.py (see its docstring)" % VLLM_VERSION)

@@ -12,7 +12,18 @@ import urllib.request
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.dirname(sys.executable)
 PREFIX = os.environ.get("LLMOPS_IT_PREFIX", "llmops-it-") + secrets.token_hex(3) + "-"
-IMAGE = os.environ.get("LLMOPS_IT_IMAGE", "llmops-test/vllm-openai-cpu:v0.32.0")
+
+
+def _shipped_vllm_version():
+    """vllm_server_version of the role's defaults: the one place that names the vLLM release."""
+    import re
+
+    with open(os.path.join(ROOT, "roles", "vllm_server", "defaults", "main.yml")) as f:
+        return re.search(r"^vllm_server_version: *(\S+)", f.read(), re.M).group(1)
+
+
+VLLM_VERSION = _shipped_vllm_version()
+IMAGE = os.environ.get("LLMOPS_IT_IMAGE", "llmops-test/vllm-openai-cpu:v%s" % VLLM_VERSION)
 MODELS = os.path.abspath(os.environ.get("LLMOPS_IT_MODELS", os.path.join(ROOT, ".cache", "models")))
 # Not a secret: the key of throwaway test servers.
 API_KEY = "llmops-it-key"

@@ -16,7 +16,8 @@ LLMOPS_TEST_CACHE="${LLMOPS_TEST_CACHE:-/var/cache/llmops-test}"
 IMAGE_DEBIAN="llmops-test/debian12:latest"
 IMAGE_SYSTEMD="llmops-test/debian12-systemd:latest"
 IMAGE_REGISTRY="llmops-test/registry:latest"
-VLLM_VERSION="0.32.0"
+# The vLLM release the collection ships, named once: vllm_server_version in the role's defaults.
+VLLM_VERSION="$(sed -n 's/^vllm_server_version: *//p' "${REPO_ROOT}/roles/vllm_server/defaults/main.yml")"
 IMAGE_VLLM="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}"
 # The same image with a `vllm` that exits at once: a release that never becomes ready.
 IMAGE_VLLM_BROKEN="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}-broken"

@@ -9,6 +9,11 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "collections"))
 
+# Ansible's own collection loader, so that templates rendered by the tests find llmops.vllm's filters.
+from ansible.plugins.loader import init_plugin_loader  # noqa: E402
+
+init_plugin_loader([os.path.join(ROOT, "collections")])
+
 from ansible.module_utils import basic  # noqa: E402
 from ansible.module_utils.common.text.converters import to_bytes  # noqa: E402
 

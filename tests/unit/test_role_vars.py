@@ -18,6 +18,12 @@ RENDERED = {
 }
 
 
+# Each role's list of per-OS vars files (vars/main.yml) and the roles/<role>/vars they are found in,
+# loaded in that order when they exist, as tasks/set_vars.yml does.
+OS_VARS = [("roles/docker", "_docker_os_vars_files"),
+           ("roles/nvidia_container_toolkit", "_nvidia_container_toolkit_os_vars_files")]
+
+
 def render(facts, **overrides):
     """Template the roles' defaults and vars as Ansible does, for these facts and inventory values."""
     loader = DataLoader()
@@ -25,6 +31,12 @@ def render(facts, **overrides):
     for name in FILES:
         variables.update(loader.load_from_file(os.path.join(ROOT, name), trusted_as_template=True))
     variables.update(overrides, ansible_facts=facts)
+    for role, files in OS_VARS:
+        for name in Templar(loader=loader, variables=variables).template(variables[files]):
+            path = os.path.join(ROOT, role, "vars", name)
+            if os.path.isfile(path):
+                variables.update(loader.load_from_file(path, trusted_as_template=True))
+    variables.update(overrides)
     templar = Templar(loader=loader, variables=variables)
     return {key: templar.template(variables[name]) for key, name in RENDERED.items()}
 
@@ -89,3 +101,28 @@ def test_nvidia_runtime_and_workaround_settings():
     assert r["list_options"] == {"exec-opts": ["native.cgroupdriver=cgroupfs"]}
     r = render(DEBIAN, nvidia_container_toolkit_cgroupfs_driver=False, nvidia_container_toolkit_docker_runtime=False)
     assert r["nvidia_daemon"] == {} and r["list_options"] == {}
+
+
+# Galaxy's platform names and the vars file (os_family or distribution) that supports each.
+PLATFORM_FILES = {"Debian": "Debian.yml", "Ubuntu": "Ubuntu.yml", "EL": "RedHat.yml"}
+
+
+@pytest.mark.parametrize("role", ["docker", "nvidia_container_toolkit"])
+def test_meta_platforms_are_the_ones_with_variables(role):
+    import yaml
+
+    with open(os.path.join(ROOT, "roles", role, "meta", "main.yml")) as f:
+        platforms = [p["name"] for p in yaml.safe_load(f)["galaxy_info"]["platforms"]]
+    assert sorted(platforms) == sorted(PLATFORM_FILES)
+    for name in platforms:
+        family = PLATFORM_FILES[name] if role == "docker" else {"Ubuntu": "Debian.yml"}.get(name, PLATFORM_FILES[name])
+        assert os.path.isfile(os.path.join(ROOT, "roles", role, "vars", family)), (role, name)
+
+
+def test_an_os_without_variables_has_no_package_manager():
+    loader = DataLoader()
+    variables = loader.load_from_file(os.path.join(ROOT, "roles/docker/vars/main.yml"), trusted_as_template=True)
+    variables["ansible_facts"] = {"os_family": "Suse", "distribution": "openSUSE Leap", "distribution_major_version": "15"}
+    names = Templar(loader=loader, variables=variables).template(variables["_docker_os_vars_files"])
+    assert names == ["Suse.yml", "openSUSE Leap.yml", "openSUSE Leap_15.yml"]
+    assert not any(os.path.isfile(os.path.join(ROOT, "roles/docker/vars", n)) for n in names)

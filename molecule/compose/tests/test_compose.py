@@ -2,7 +2,7 @@
 
 import yaml
 
-from llmops_testlib import MODEL, TEST_API_KEY, containers, recap, run_playbook, verify
+from llmops_testlib import CPU_IMAGE, MODEL, TEST_API_KEY, containers, recap, run_playbook, verify
 
 HOST = "llmops-compose"
 
@@ -13,7 +13,7 @@ def test_the_instances_are_a_compose_project(host):
     project = yaml.safe_load(f.content_string)
     assert project["name"] == "vllm"
     service = project["services"]["vllm"]
-    assert service["image"] == "vllm/vllm-openai-cpu:v0.32.0-x86_64"
+    assert service["image"] == CPU_IMAGE
     assert service["ipc"] == "host" and service["restart"] == "unless-stopped"
     assert service["ports"] == ["0.0.0.0:8000:8000"]
     assert service["command"] == ["llmops-test/tiny-chat", "--config", "/etc/vllm/vllm.yaml"]

@@ -4,11 +4,11 @@ import json
 
 import openai
 import pytest
-from llmops_testlib import (MODEL, TEST_API_KEY, TEST_HF_TOKEN, daemon_json, docker_info, inspect_container, outer_address, recap,
-                            registry_digest, run_playbook, verify)
+from llmops_testlib import (CPU_IMAGE, MODEL, TEST_API_KEY, TEST_HF_TOKEN, daemon_json, docker_info, inspect_container, outer_address, recap,
+                            registry_digest, run_playbook, verify, VLLM_VERSION)
 
 MIRROR = "http://llmops-registry:5000"
-IMAGE = "vllm/vllm-openai-cpu:v0.32.0-x86_64"
+IMAGE = CPU_IMAGE
 
 
 def test_docker_runs_and_starts_at_boot(host):
@@ -31,7 +31,7 @@ def test_image_came_through_the_mirror(host):
     # The image is a local build that exists nowhere but in the test registry: the digest the
     # host recorded for it is the registry's, so the pull went through the mirror.
     digests = json.loads(host.check_output("docker image inspect --format '{{json .RepoDigests}}' %s", IMAGE))
-    assert digests == ["vllm/vllm-openai-cpu@" + registry_digest("vllm/vllm-openai-cpu", "v0.32.0-x86_64")]
+    assert digests == ["vllm/vllm-openai-cpu@" + registry_digest("vllm/vllm-openai-cpu", "v%s-x86_64" % VLLM_VERSION)]
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_module_verifies_the_endpoint(host):
     assert result["reply"].strip()
     assert result["chat"]["usage"]["completion_tokens"] >= 1
     assert result["stream"]["content"].strip()
-    assert result["version"].startswith("0.32.0")
+    assert result["version"].startswith(VLLM_VERSION)
 
 
 def test_module_reports_a_wrong_key(host):

@@ -5,6 +5,7 @@ import os
 
 import pytest
 from llmops_daemon import run_molecule_playbook
+from llmops_testlib import VLLM_VERSION
 from test_gpu_host import FAKE_GPUS
 
 DRIVER = FAKE_GPUS[0]["driver_version"]
@@ -27,7 +28,7 @@ def test_the_converged_host_passes():
 
 
 def test_the_cuda_version_comes_from_the_image_tag():
-    rc, output = preflight(preflight_image="vllm/vllm-openai:v0.32.0-cu129")
+    rc, output = preflight(preflight_image="vllm/vllm-openai:v%s-cu129" % VLLM_VERSION)
     assert rc == 0, output[-3000:]
     assert "needs CUDA 12.9, driver 525 or newer" in output
 
@@ -35,7 +36,7 @@ def test_the_cuda_version_comes_from_the_image_tag():
 def test_a_driver_too_old_for_the_image_stops_the_play():
     rc, output = preflight(preflight_cuda_min_driver={"13": "999"})
     assert rc != 0
-    assert "llmops-gpu-host runs NVIDIA driver %s, too old for vllm/vllm-openai:v0.32.0" % DRIVER in output
+    assert "llmops-gpu-host runs NVIDIA driver %s, too old for vllm/vllm-openai:v%s" % (DRIVER, VLLM_VERSION) in output
     assert "CUDA 13.0 needs driver 999" in output and "Upgrade the driver" in output
 
 

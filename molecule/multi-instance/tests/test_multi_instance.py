@@ -4,12 +4,15 @@ The tests run in file order and change the host as they go."""
 
 import json
 import os
+import shlex
 
-from llmops_testlib import TEST_API_KEY, aliased_inventory, containers, recap, run_playbook, verify
+import yaml
+
+from llmops_testlib import CPU_IMAGE, TEST_API_KEY, VLLM_VERSION, aliased_inventory, containers, recap, run_playbook, verify
 
 HOST = "llmops-multi-instance"
-IMAGE = "vllm/vllm-openai-cpu:v0.32.0-x86_64"
-BROKEN = "vllm/vllm-openai-cpu:v0.32.0-broken-x86_64"
+IMAGE = CPU_IMAGE
+BROKEN = "vllm/vllm-openai-cpu:v%s-broken-x86_64" % VLLM_VERSION
 
 
 def test_each_instance_runs_in_its_own_container_on_its_own_port(host):
@@ -74,6 +77,39 @@ def test_a_failed_upgrade_is_rolled_back_and_stops_the_rollout(host, tmp_path):
     for port, model in ((8000, "chat"), (8001, "chat-small")):
         result = verify(host, url="http://127.0.0.1:%d" % port, model=model, api_key=TEST_API_KEY, timeout=300)
         assert result["failed"] is False, result.get("msg")
+
+
+def test_an_upgrade_verifies_and_records_even_when_the_inventory_turns_verification_off(host, tmp_path):
+    host_vars = tmp_path / "host_vars.yml"
+    with open(os.path.join(os.path.dirname(__file__), "..", "host_vars", HOST + ".yml")) as f:
+        listed = yaml.safe_load(f)
+    listed["vllm_server_instances"][1]["options"]["max_num_seqs"] = 3
+    listed["vllm_server_verify"] = False
+    host_vars.write_text(yaml.safe_dump(listed))
+    inventory = aliased_inventory(str(tmp_path / "inventory"), HOST, ["gpu-first"], str(host_vars))
+    result = run_playbook("playbooks/upgrade.yml", inventory=inventory)
+    assert result.returncode == 0, result.output[-3000:]
+    # both instances answered a chat completion in this run, and what passed is what upgrade.yml rolls back to
+    for port, model in ((8000, "chat"), (8001, "chat-small")):
+        assert "http://127.0.0.1:%d serves %s " % (port, model) in result.output
+    state = json.loads(host.file("/data/vllm/configs/state.json").content_string)
+    assert state["instances"][1]["options"]["max_num_seqs"] == 3
+
+
+def test_an_instance_without_its_secrets_file_refuses_to_start(host):
+    """The container's entrypoint wrapper, run as the instance's container runs it, with the secrets file gone."""
+    chat = containers(host)["vllm-chat"]
+    entrypoint, command = chat["Config"]["Entrypoint"], chat["Config"]["Cmd"]
+    host.check_output("mkdir -p /tmp/configs-without-secrets && cp /data/vllm/configs/vllm-chat.yaml /tmp/configs-without-secrets/")
+    # a wrapper that failed open would start vLLM: the timeout ends that case, and the container is removed
+    run = host.run("timeout 120 docker run --rm --name llmops-secrets-probe --entrypoint %s -v /tmp/configs-without-secrets:/etc/vllm:ro %s %s" % (
+        shlex.quote(entrypoint[0]), shlex.quote(chat["Config"]["Image"]),
+        " ".join(shlex.quote(a) for a in entrypoint[1:] + command)))
+    host.run("docker rm -f llmops-secrets-probe; rm -rf /tmp/configs-without-secrets")
+    assert run.rc != 0, run.stdout + run.stderr
+    assert "cannot read its secrets file /etc/vllm/vllm-chat.env" in run.stderr and run.rc == 78
+    assert "refusing to start" in run.stderr
+    assert "vLLM API server" not in run.stdout + run.stderr, "vLLM must not start at all"
 
 
 def test_dropping_an_instance_removes_its_container_and_only_that(host):

@@ -8,6 +8,21 @@ TEST_HF_TOKEN = "hf_llmopsTestTokenNotReal"  # inventories/local: not a real tok
 MODEL = "tiny-chat"
 
 
+def _shipped_vllm_version():
+    """vllm_server_version of the role's defaults: the one place that names the vLLM release."""
+    import os
+    import re
+
+    root = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.join(os.path.dirname(__file__), "..", "..", "..")
+    with open(os.path.join(root, "roles", "vllm_server", "defaults", "main.yml")) as f:
+        return re.search(r"^vllm_server_version: *(\S+)", f.read(), re.M).group(1)
+
+
+VLLM_VERSION = _shipped_vllm_version()
+# The CPU image the test inventory serves (inventories/local), as the registry mirror holds it.
+CPU_IMAGE = "vllm/vllm-openai-cpu:v%s-x86_64" % VLLM_VERSION
+
+
 def inspect_container(host, name):
     out = host.check_output("docker inspect %s", name)
     return json.loads(out)[0]

@@ -1,4 +1,5 @@
-"""The option check of vllm_server, against the option data of vLLM 0.32.0 the role ships."""
+"""The option check of vllm_server, against the option data of the vLLM release the role ships.
+(The sentences below quote that release's options.)"""
 
 import os
 
@@ -8,7 +9,9 @@ import yaml
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_option_problems
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
-with open(os.path.join(ROOT, "roles", "vllm_server", "files", "vllm_serve_options", "0.32.0.yml")) as f:
+with open(os.path.join(ROOT, "roles", "vllm_server", "defaults", "main.yml")) as f:
+    VERSION = yaml.safe_load(f)["vllm_server_version"]
+with open(os.path.join(ROOT, "roles", "vllm_server", "files", "vllm_serve_options", "%s.yml" % VERSION)) as f:
     SPEC = yaml.safe_load(f)
 with open(os.path.join(ROOT, "roles", "vllm_server", "vars", "main.yml")) as f:
     ADVICE = yaml.safe_load(f)["_vllm_server_option_advice"]
@@ -41,13 +44,13 @@ def test_the_tutorials_mistakes_name_the_right_option(option, expected):
 
 def test_unknown_options_get_the_closest_valid_name():
     (problem,) = problems({"max_num_seq": 8})
-    assert problem.startswith("max_num_seq is not an option of vLLM 0.32.0's server. Did you mean max_num_seqs (--max-num-seqs)")
+    assert problem.startswith("max_num_seq is not an option of vLLM %s's server. Did you mean max_num_seqs (--max-num-seqs)" % VERSION)
     (problem,) = problems({"gpu_mem_utilization": 0.9})
     assert "gpu_memory_utilization (--gpu-memory-utilization)" in problem
 
 
 def test_unknown_option_without_any_close_name():
-    assert problems({"frobnicate_the_widgets": 1}) == ["frobnicate_the_widgets is not an option of vLLM 0.32.0's server."]
+    assert problems({"frobnicate_the_widgets": 1}) == ["frobnicate_the_widgets is not an option of vLLM %s's server." % VERSION]
 
 
 @pytest.mark.parametrize("option", ["port", "host", "model", "served_model_name", "api_key", "hf_token", "config"])
@@ -60,7 +63,7 @@ def test_choices_flags_and_quantization_methods():
     assert problems({"dtype": "fp16"}) == ["dtype: 'fp16' is not one of auto, bfloat16, float, float16, float32, half."]
     assert problems({"enforce_eager": "yes"}) == ["enforce_eager is a flag of vLLM: give true or false, not 'yes'."]
     (problem,) = problems({"quantization": "bitsandbytes"})
-    assert "'bitsandbytes' is not a quantization method of vLLM 0.32.0" in problem
+    assert "'bitsandbytes' is not a quantization method of vLLM %s" % VERSION in problem
 
 
 def test_dotted_options_check_their_base_name():
@@ -69,5 +72,5 @@ def test_dotted_options_check_their_base_name():
 
 
 def test_the_data_names_its_vllm_version():
-    assert SPEC["vllm_version"] == "0.32.0"
+    assert SPEC["vllm_version"] == VERSION
     assert "max-num-seqs" in SPEC["options"] and SPEC["options"]["enable-prefix-caching"]["negatable"] is True

@@ -216,6 +216,9 @@ def test_module_require_fails_with_message_and_hint(run_module, tmp_path):
     kind, result = run_module(mod.main, {"nvidia_smi": str(fake), "require": True})
     assert kind == "fail"
     assert "couldn't communicate" in result["msg"] and "Install the driver" in result["msg"]
+    assert result["msg"].startswith("this host has no usable NVIDIA GPU: ") and "llmops_cpu_only: true" in result["msg"]
+    kind, result = run_module(mod.main, {"nvidia_smi": str(fake), "require": True, "host": "gpu-7"})
+    assert kind == "fail" and result["msg"].startswith("gpu-7 has no usable NVIDIA GPU: ")
 
 
 def test_module_runs_a_real_binary_and_returns_raw(run_module, tmp_path):

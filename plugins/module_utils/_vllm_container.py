@@ -1,0 +1,229 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+
+# PRIVATE to the collection: not a public API, may change without notice.
+#
+# The container of one vLLM instance, specified once. The vllm_server role's container mode passes
+# container_args() to community.docker.docker_container; compose mode writes compose_service(),
+# derived from the same arguments, into a compose project. Changing a setting here changes both.
+
+from __future__ import annotations
+
+# Where the host directories appear inside the container. The models directory is the Hugging
+# Face home, so a model downloaded once lands in models/hub/ and is reused.
+CONTAINER_HF_HOME = "/root/.cache/huggingface"
+CONTAINER_LOGS_DIR = "/var/log/vllm"
+CONTAINER_CONFIGS_DIR = "/etc/vllm"
+# vLLM's compile cache (torch.compile, Triton and CPU kernels), kept in a volume per instance.
+CONTAINER_CACHE_DIR = "/root/.cache/vllm"
+# vLLM's port inside the container; the host port is per instance.
+CONTAINER_PORT = 8000
+
+# The label that marks the containers the role manages (prune and uninstall find them by it).
+INSTANCE_LABEL = "org.llmops.vllm.instance"
+MODE_LABEL = "org.llmops.vllm.mode"
+
+HEALTHCHECK_SCRIPT = (
+    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:%d/health', timeout=5)" % CONTAINER_PORT)
+
+# The role's settings that shape every container (vllm_server_* variables, see vars/main.yml).
+SETTINGS = ("models_dir", "logs_dir", "configs_dir", "timezone", "log_to_file", "hf_endpoint", "compile_cache",
+            "ipc_mode", "shm_size", "capabilities", "security_opts", "restart_policy", "entrypoint",
+            "verify_timeout", "mode")
+
+
+class ContainerSpecError(ValueError):
+    """The instance or the settings cannot make a container; the message says which value."""
+
+
+def _bool(value):
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on", "y", "t")
+    return bool(value)
+
+
+def _check_settings(settings):
+    if not isinstance(settings, dict):
+        raise ContainerSpecError("the container settings must be a dictionary, not %s" % type(settings).__name__)
+    missing = [k for k in SETTINGS if k not in settings]
+    if missing:
+        raise ContainerSpecError("the container settings lack %s" % ", ".join(missing))
+
+
+def entrypoint_wrapper(instance):
+    """A shell that exports the instance's secrets file, then runs the image's entrypoint.
+
+    The secrets reach vLLM's environment without appearing in `docker inspect` or on a command line.
+    It fails closed: without a readable secrets file (which the role always writes, empty of keys
+    only when none is set) it exits non-zero with a message on stderr instead of starting vLLM
+    without its API key.
+    """
+    secrets = "%s/%s" % (CONTAINER_CONFIGS_DIR, instance["secrets_file"])
+    return ["/bin/sh", "-c",
+            'f=%s; if [ ! -r "$f" ]; then echo "vllm-entrypoint: cannot read its secrets file $f;'
+            ' refusing to start without the instance\'s API key and token. Run the llmops.vllm.vllm_server'
+            ' role to write it again." >&2; exit 78; fi; set -a; . "$f" || exit 78; set +a; exec "$@"' % secrets,
+            "vllm-entrypoint"]
+
+
+def log_file(instance):
+    """The rotating log file vLLM writes inside the container (vllm_server_log_to_file)."""
+    return "%s/%s.log" % (CONTAINER_LOGS_DIR, instance["name"])
+
+
+def container_env(instance, settings):
+    """The instance's environment, every value a string as Docker wants it; the instance's env wins."""
+    env = {"TZ": settings["timezone"]}
+    if _bool(settings["log_to_file"]):
+        env["VLLM_LOGGING_CONFIG_PATH"] = "%s/%s" % (CONTAINER_CONFIGS_DIR, instance["logging_file"])
+    if settings["hf_endpoint"]:
+        env["HF_ENDPOINT"] = settings["hf_endpoint"]
+    env.update(instance.get("env") or {})
+    return dict((str(k), str(v)) for k, v in env.items())
+
+
+def host_mounts(settings):
+    """The models, logs and configs directories of the host (the configs read-only)."""
+    return [
+        {"type": "bind", "source": settings["models_dir"], "target": CONTAINER_HF_HOME},
+        {"type": "bind", "source": settings["logs_dir"], "target": CONTAINER_LOGS_DIR},
+        {"type": "bind", "source": settings["configs_dir"], "target": CONTAINER_CONFIGS_DIR, "read_only": True},
+    ]
+
+
+def container_mounts(instance, settings):
+    mounts = host_mounts(settings)
+    if _bool(settings["compile_cache"]):
+        mounts.append({"type": "volume", "source": instance["cache_volume"], "target": CONTAINER_CACHE_DIR})
+    return mounts
+
+
+def published_port(instance):
+    """host-address:host-port:8000, an IPv6 address in brackets."""
+    address = str(instance["bind_address"])
+    if ":" in address:
+        address = "[%s]" % address
+    return "%s:%s:%d" % (address, instance["port"], CONTAINER_PORT)
+
+
+def device_requests(gpus):
+    """docker_container device_requests for a GPU selection: 'all', 'none', a count or a list of ids."""
+    request = {"driver": "nvidia", "capabilities": [["gpu"]]}
+    if gpus is None or gpus == "none" or gpus == []:
+        return []
+    if gpus == "all":
+        return [dict(request, count=-1)]
+    if isinstance(gpus, bool):
+        raise ContainerSpecError("GPU selection must be 'all', 'none', a count or a list of GPU ids, not %r" % gpus)
+    if isinstance(gpus, int) or (isinstance(gpus, str) and gpus.isdigit()):
+        count = int(gpus)
+        return [dict(request, count=count)] if count > 0 else []
+    if isinstance(gpus, (list, tuple)):
+        return [dict(request, device_ids=[str(g) for g in gpus])]
+    if isinstance(gpus, str):
+        return [dict(request, device_ids=[g.strip() for g in gpus.split(",") if g.strip()])]
+    raise ContainerSpecError("GPU selection must be 'all', 'none', a count or a list of GPU ids, not %r" % (gpus,))
+
+
+def container_args(instance, settings):
+    """The community.docker.docker_container arguments of one resolved instance (vllm_resolve_instances).
+
+    state and restart are the task's business. ipc_mode and shm_size appear only when set.
+    """
+    _check_settings(settings)
+    args = {
+        "name": instance["name"],
+        "image": instance["image"],
+        "restart_policy": settings["restart_policy"],
+        "entrypoint": entrypoint_wrapper(instance) + list(settings["entrypoint"]),
+        "command": [str(instance["model"]), "--config", "%s/%s" % (CONTAINER_CONFIGS_DIR, instance["config_file"])],
+        "env": container_env(instance, settings),
+        "mounts": container_mounts(instance, settings),
+        "published_ports": [published_port(instance)],
+        "device_requests": device_requests(instance.get("gpus")),
+        "capabilities": list(settings["capabilities"] or []),
+        "security_opts": list(settings["security_opts"] or []),
+        "healthcheck": {
+            "test": ["CMD", "python3", "-c", HEALTHCHECK_SCRIPT],
+            "interval": "30s",
+            "timeout": "10s",
+            "retries": 3,
+            "start_period": "%ss" % settings["verify_timeout"],
+        },
+        "labels": {
+            INSTANCE_LABEL: instance["name"],
+            "org.llmops.vllm.model": str(instance["model"]),
+            MODE_LABEL: settings["mode"],
+        },
+    }
+    if settings["ipc_mode"]:
+        args["ipc_mode"] = settings["ipc_mode"]
+    if settings["shm_size"]:
+        args["shm_size"] = settings["shm_size"]
+    return args
+
+
+def download_args(instance, settings):
+    """The docker_container arguments of the one-off container that fetches an instance's model.
+
+    The instance's own image, environment, secrets and models directory, with `hf download` as command.
+    """
+    _check_settings(settings)
+    command = ["hf", "download", str(instance["model"])]
+    if instance.get("revision") is not None:
+        command += ["--revision", str(instance["revision"])]
+    return {
+        "name": "%s-download" % instance["name"],
+        "image": instance["image"],
+        "entrypoint": entrypoint_wrapper(instance),
+        "command": command,
+        "env": container_env(instance, settings),
+        "mounts": host_mounts(settings),
+    }
+
+
+def _compose_escape(value):
+    """Compose reads $ as the start of a variable; a literal one is $$."""
+    return value.replace("$", "$$")
+
+
+def compose_service(args):
+    """The compose service of the container that container_args() describes."""
+    service = {
+        "container_name": args["name"],
+        "image": args["image"],
+        "entrypoint": [_compose_escape(a) for a in args["entrypoint"]],
+        "command": [_compose_escape(a) for a in args["command"]],
+        "environment": dict((k, _compose_escape(v)) for k, v in args["env"].items()),
+        "volumes": args["mounts"],
+        "ports": args["published_ports"],
+        "restart": args["restart_policy"],
+        "healthcheck": args["healthcheck"],
+        "labels": args["labels"],
+    }
+    for arg, key in (("ipc_mode", "ipc"), ("shm_size", "shm_size"), ("capabilities", "cap_add"),
+                     ("security_opts", "security_opt")):
+        if args.get(arg):
+            service[key] = args[arg]
+    if args["device_requests"]:
+        request = args["device_requests"][0]
+        device = {"driver": request["driver"], "capabilities": request["capabilities"][0]}
+        if "device_ids" in request:
+            device["device_ids"] = request["device_ids"]
+        else:
+            device["count"] = "all" if request["count"] == -1 else request["count"]
+        service["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
+    return service
+
+
+def compose_project(instances, settings, project):
+    """The compose document of all instances: one service each, and their compile cache volumes."""
+    services = {}
+    volumes = {}
+    for instance in instances:
+        args = container_args(instance, settings)
+        services[instance["name"]] = compose_service(args)
+        if _bool(settings["compile_cache"]):
+            volumes[instance["cache_volume"]] = {"name": instance["cache_volume"]}
+    return {"name": project, "services": services, "volumes": volumes}
