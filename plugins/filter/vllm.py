@@ -87,6 +87,10 @@ def vllm_resolve_instances(instances, defaults, gpus_available=None):
         # One vLLM instance spreads a model over its GPUs with tensor parallelism unless told otherwise.
         if gpu_count > 1 and not parallel_keys & {"tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size"}:
             options["tensor_parallel_size"] = gpu_count
+        # A stopped server finishes what it started for this long (vllm_server_shutdown_timeout).
+        shutdown = int(i.get("shutdown_timeout") or 0)
+        if shutdown > 0 and "shutdown-timeout" not in parallel_keys:
+            options["shutdown_timeout"] = shutdown
         bind = str(i.get("bind_address") or "0.0.0.0")
         served = i.get("served_model_name") or i.get("model")
         local_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind

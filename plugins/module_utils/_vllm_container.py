@@ -30,7 +30,9 @@ HEALTHCHECK_SCRIPT = (
 # The role's settings that shape every container (vllm_server_* variables, see vars/main.yml).
 SETTINGS = ("models_dir", "logs_dir", "configs_dir", "timezone", "log_to_file", "hf_endpoint", "compile_cache",
             "ipc_mode", "shm_size", "capabilities", "security_opts", "restart_policy", "entrypoint",
-            "verify_timeout", "mode")
+            "verify_timeout", "mode", "shutdown_timeout")
+# What Docker adds to vLLM's own shutdown timeout before it kills a stopping container.
+STOP_MARGIN_S = 30
 
 
 class ContainerSpecError(ValueError):
@@ -157,6 +159,10 @@ def container_args(instance, settings):
             MODE_LABEL: settings["mode"],
         },
     }
+    # vLLM finishes the requests it started for shutdown_timeout seconds after SIGTERM; Docker
+    # must not kill it before that (its default stop timeout is 10 s).
+    if int(settings["shutdown_timeout"] or 0) > 0:
+        args["stop_timeout"] = int(settings["shutdown_timeout"]) + STOP_MARGIN_S
     if settings["ipc_mode"]:
         args["ipc_mode"] = settings["ipc_mode"]
     if settings["shm_size"]:
@@ -206,6 +212,8 @@ def compose_service(args):
                      ("security_opts", "security_opt")):
         if args.get(arg):
             service[key] = args[arg]
+    if args.get("stop_timeout"):
+        service["stop_grace_period"] = "%ds" % args["stop_timeout"]
     if args["device_requests"]:
         request = args["device_requests"][0]
         device = {"driver": request["driver"], "capabilities": request["capabilities"][0]}

@@ -13,7 +13,7 @@ DEFAULTS = {"served_model_name": "", "port": 8000, "bind_address": "0.0.0.0", "g
 SETTINGS = {"models_dir": "/data/vllm/models", "logs_dir": "/data/vllm/logs", "configs_dir": "/data/vllm/configs",
             "timezone": "Etc/UTC", "log_to_file": True, "hf_endpoint": "", "compile_cache": True, "ipc_mode": "host",
             "shm_size": "", "capabilities": [], "security_opts": [], "restart_policy": "unless-stopped",
-            "entrypoint": ["vllm", "serve"], "verify_timeout": 1800, "mode": "container"}
+            "entrypoint": ["vllm", "serve"], "verify_timeout": 1800, "mode": "container", "shutdown_timeout": 0}
 
 
 def instance(**fields):
@@ -137,3 +137,26 @@ def test_the_entrypoint_wrapper_fails_closed_without_the_secrets_file(tmp_path):
     present = subprocess.run(wrapper[:2] + [script, wrapper[3], "sh", "-c", "echo $VLLM_API_KEY"],
                              capture_output=True, text=True)
     assert present.returncode == 0 and present.stdout == "k$(x)\n"
+
+
+def test_a_shutdown_timeout_gives_docker_a_longer_stop_and_vllm_the_option():
+    from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances
+    from ansible_collections.llmops.vllm.plugins.module_utils import _vllm_container as spec
+
+    defaults = {"served_model_name": "", "port": 8000, "bind_address": "0.0.0.0", "gpus": "none", "options": {},
+                "env": {}, "image": "vllm/vllm-openai:v0.32.0", "download": False, "shutdown_timeout": 60}
+    instance = vllm_resolve_instances([{"name": "a", "model": "org/m"}], defaults)[0]
+    assert instance["config"]["shutdown-timeout"] == 60
+    kept = vllm_resolve_instances([{"name": "a", "model": "org/m", "options": {"shutdown_timeout": 5}}], defaults)[0]
+    assert kept["config"]["shutdown-timeout"] == 5
+    settings = dict((k, None) for k in spec.SETTINGS)
+    settings.update(models_dir="/m", logs_dir="/l", configs_dir="/c", timezone="UTC", log_to_file=False, hf_endpoint="",
+                    compile_cache=False, ipc_mode="host", shm_size="", capabilities=[], security_opts=[],
+                    restart_policy="unless-stopped", entrypoint=["vllm", "serve"], verify_timeout=600, mode="container",
+                    shutdown_timeout=60)
+    args = spec.container_args(instance, settings)
+    assert args["stop_timeout"] == 60 + spec.STOP_MARGIN_S
+    assert spec.compose_service(args)["stop_grace_period"] == "90s"
+    settings["shutdown_timeout"] = 0
+    off = spec.container_args(vllm_resolve_instances([{"name": "a", "model": "org/m"}], dict(defaults, shutdown_timeout=0))[0], settings)
+    assert "stop_timeout" not in off and "stop_grace_period" not in spec.compose_service(off)
