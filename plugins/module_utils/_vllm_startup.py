@@ -78,6 +78,11 @@ def _message(lines, start):
     j = start + 1
     while j < len(lines) and len(text) < MAX_LINES:
         s, lvl, line = lines[j]
+        if not line.strip() and s == source and j + 1 < len(lines) and _continues(lines[j + 1], source, level):
+            # huggingface_hub's messages hold a blank line ("401 Client Error.\n\nCannot access gated repo ...")
+            text.append("")
+            j += 1
+            continue
         if s != source or lvl in ("DEBUG", "INFO", "WARNING") or not line.strip():
             break
         if line.startswith("Traceback (most recent call last):") or line.startswith(CHAINED):
@@ -92,6 +97,20 @@ def _message(lines, start):
     return "\n".join(text), j
 
 
+# torch's C++ logging ("W1130 13:44:17.616000 1 torch/_library/triton.py:53] ..."), unprefixed like a traceback
+GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+
+
+def _continues(entry, source, level):
+    """Whether the line after a blank one still belongs to the message before it."""
+    s, lvl, line = entry
+    if s != source or lvl != level or not line.strip() or GLOG_LINE.match(line):
+        return False
+    if line.startswith("Traceback (most recent call last):") or line.startswith(CHAINED):
+        return False
+    return not EXCEPTION_LINE.match(line.strip())
+
+
 # What fixes the start-up failures of vLLM in Docker that users report most (vLLM's issue tracker),
 # in this collection's variables. Each entry: a pattern of vLLM's own message, and the advice.
 # The patterns quote vLLM 0.32.0's and huggingface_hub's messages (tests/unit/.../test_vllm_startup.py
@@ -101,7 +120,8 @@ ADVICE = [
      "vLLM's processes ran out of shared memory: keep vllm_server_ipc_mode: host (the default), or give the container a "
      "larger /dev/shm with vllm_server_shm_size (for example 16g) when its IPC namespace must stay private."),
     (re.compile(r"offline mode is enabled|LocalEntryNotFoundError|Cannot find an appropriate cached snapshot|"
-                r"couldn't connect to '?https?://[^ ]*'? to load (?:the )?files|outgoing traffic has been disabled|HF_HUB_OFFLINE", re.I),
+                r"couldn't connect to '?https?://[^ ]*'? to load (?:the )?files|outgoing traffic has been disabled|"
+                r"OfflineModeIsEnabled|HF_HUB_OFFLINE", re.I),
      "The model is not in the host's model cache (vllm_server_base_dir/models/hub) while the instance runs offline "
      "(HF_HUB_OFFLINE in vllm_server_env or the instance's env): let the role fetch it first "
      "(vllm_server_download_models: true, or download: true on the instance), or remove HF_HUB_OFFLINE so vLLM "
