@@ -54,7 +54,8 @@ def test_shared_memory(failing_servers, run_module):
 
 def test_offline_without_the_model(failing_servers, run_module):
     result = diagnose(run_module, failing_servers["offline"])
-    assert any("not-downloaded" in e for e in result["container_errors"]), result["container_errors"]
+    assert any(e.startswith("huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder")
+               for e in result["container_errors"]), result["container_errors"]
     assert any("HF_HUB_OFFLINE" in a and "vllm_server_download_models" in a for a in result["advice"]), result
     assert not any("vllm_server_hf_token" in a for a in result["advice"]), "an absent model is not a gated one"
 
