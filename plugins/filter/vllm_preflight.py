@@ -99,17 +99,20 @@ def instance_gpus(instance, host_gpus):
     return list(host_gpus)[:int(gpus)]
 
 
-def vllm_model_problems(instances, models, host, host_gpus=None, running=None, cache_dir=""):
+def vllm_model_problems(instances, models, host, host_gpus=None, running=None, cache_dir="", delivered=None):
     """Sentences for each instance that vLLM would refuse to start, judged from its model's config.json.
 
     instances: the role's resolved instances; models: serving_host_info's models (the cached copies);
     host: inventory_hostname; host_gpus: nvidia_gpu_info's gpus ([] on CPU hosts); running: names of
     the instances whose container runs now (their memory is part of what a GPU uses, so the free
-    memory check would count them twice); cache_dir: the models' cache, for messages.
+    memory check would count them twice); cache_dir: the models' cache, for messages; delivered: names
+    of the instances whose model the role itself puts into the cache before they start (fetched on the
+    control node and copied), which need not be there yet.
     """
     by_model = dict((m.get("model"), m) for m in models or [])
     host_gpus = host_gpus or []
     running = set(running or [])
+    delivered = set(delivered or [])
     problems = []
     for instance in instances:
         name = instance.get("name")
@@ -119,7 +122,7 @@ def vllm_model_problems(instances, models, host, host_gpus=None, running=None, c
         cached = by_model.get(model)
         if cached is None:
             continue
-        if _offline(instance) and not cached.get("cached"):
+        if _offline(instance) and not cached.get("cached") and name not in delivered:
             problems.append(
                 "%s runs offline (HF_HUB_OFFLINE in its env), but its model %s is not in the host's model cache "
                 "(%s/models--%s%s), so vLLM cannot load it. Copy the model there, or remove HF_HUB_OFFLINE from the "

@@ -96,6 +96,9 @@ def test_offline_without_the_model_in_the_cache():
     assert "remove HF_HUB_OFFLINE from the instance's env (vllm_server_env or its env)" in text
     assert problems([instance(env={"HF_HUB_OFFLINE": "0"})], [cached(is_cached=False)]) == ""
     assert problems([instance(env={"HF_HUB_OFFLINE": "1"})], [cached()]) == ""
+    # fetched on the control node and copied in before the server starts
+    assert vllm_model_problems([instance(env={"HF_HUB_OFFLINE": "1"})], [cached(is_cached=False)], "gpu-1",
+                               delivered=["vllm"]) == []
 
 
 def test_a_model_path_inside_the_container_is_not_looked_up():
