@@ -884,9 +884,8 @@ def main():
     except Exception as e:  # a bug must not print the key in a traceback Ansible shows without scrubbing
         import traceback
 
-        module.fail_json(msg="verify_endpoint failed unexpectedly at %s: %s: %s" % (endpoint.base_url, type(e).__name__,
-                                                                                   endpoint.scrub(str(e))),
-                         exception=endpoint.scrub(traceback.format_exc()), **result)
+        msg = "verify_endpoint failed unexpectedly at %s: %s: %s" % (endpoint.base_url, type(e).__name__, endpoint.scrub(str(e)))
+        module.fail_json(msg=msg, exception=endpoint.scrub(traceback.format_exc()), **result)
     module.exit_json(**result)
 
 
