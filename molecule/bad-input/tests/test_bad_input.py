@@ -55,7 +55,9 @@ SECRET_CASES = [
     ("HF token from a | block scalar", {"vllm_server_hf_token": "hf_llmopsBlockScalar0123\n"},
      "llmops-bad-input: vllm_server_hf_token has whitespace at its start or end", "hf_llmopsBlockScalar0123"),
     ("registry password with a trailing newline",
-     {"docker_registry_logins": [{"registry": "llmops-registry:5000", "username": "ci", "password": "pw-from-file-0123\n"}]},
+     # (served online, as the mirror case above: the docker role's preflight comes after the model checks)
+     {"docker_registry_logins": [{"registry": "llmops-registry:5000", "username": "ci", "password": "pw-from-file-0123\n"}],
+      "vllm_server_env": {}},
      "llmops-bad-input: docker_registry_logins[0] (ci@llmops-registry:5000): the password has whitespace at its start or "
      "end", "pw-from-file-0123"),
 ]
