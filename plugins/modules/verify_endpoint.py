@@ -838,6 +838,8 @@ def main():
         # a key read from a file ends in a newline that no client sends; inside the key, such a character
         # would make http.client raise an exception that quotes the whole header
         p["api_key"] = p["api_key"].strip()
+        # Ansible hides the values it was given for no_log options; the stripped key is a new value
+        module.no_log_values.add(p["api_key"])
         if not header_safe(p["api_key"]):
             module.fail_json(msg="api_key holds a line break, another control character or a non-ASCII character inside it, "
                                  "which no client can send in an HTTP header: give the key the server was started with, "

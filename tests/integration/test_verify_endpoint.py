@@ -196,3 +196,13 @@ def test_a_wrong_path_prefix_fails_at_once(chat_server, run_module):
     assert result["msg"].startswith(chat_server.url + "/llm/health answered 404: is this a vLLM server, and does the URL "
                                     "carry a path prefix it should not?")
     assert run.elapsed < 30, "the module waited %.0fs for a 404 to go away" % run.elapsed
+
+
+def test_a_key_read_from_a_file_works_and_is_never_printed(chat_server):
+    # slurp + b64decode or a | block scalar end the key in a newline (issue 12): it used to break the
+    # request with an exception quoting the key, and the stripped key must stay hidden in the invocation
+    run = ModuleRun({"url": chat_server.url, "model": "tiny-chat", "api_key": API_KEY + "\n", "stream": False})
+    result = run.result()
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["invocation"]["module_args"]["api_key"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert API_KEY not in run.stdout
