@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import socket
 import ssl
 import time
@@ -25,7 +27,7 @@ from ansible.module_utils.urls import open_url
 class EndpointError(Exception):
     """A request to the endpoint failed; kind says how, for diagnostics."""
 
-    # kinds: refused, timeout, tls, dns, reset, http, protocol
+    # kinds: refused, unreachable, timeout, tls, dns, reset, http, protocol
     def __init__(self, kind, message, status=None, body=None, url=None):
         super(EndpointError, self).__init__(message)
         self.kind = kind
@@ -58,8 +60,16 @@ def error_detail(body):
     return to_text(body).strip()[:300]
 
 
+# No route to the host or its network: a firewall that rejects (icmp-host-prohibited), a host that is
+# down, or a wrong address; never a server that is still starting.
+_UNREACHABLE_ERRNOS = (errno.EHOSTUNREACH, errno.ENETUNREACH, getattr(errno, "EHOSTDOWN", errno.EHOSTUNREACH),
+                       getattr(errno, "ENETDOWN", errno.ENETUNREACH))
+
+
 def _reason_kind(reason):
     """Classify the reason of a URLError or a socket-level exception."""
+    if isinstance(reason, OSError) and reason.errno in _UNREACHABLE_ERRNOS:
+        return "unreachable"
     if isinstance(reason, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in to_native(reason) or "SSL" in type(reason).__name__:
         return "tls"
     if isinstance(reason, ConnectionRefusedError):
@@ -77,6 +87,8 @@ def _reason_kind(reason):
         return "timeout"
     if "certificate" in text or "ssl" in text:
         return "tls"
+    if "no route to host" in text or "network is unreachable" in text or "host is down" in text:
+        return "unreachable"
     if "name or service not known" in text or "nodename nor servname" in text or "temporary failure in name resolution" in text:
         return "dns"
     return "reset"
@@ -84,6 +96,7 @@ def _reason_kind(reason):
 
 _KIND_TEXT = {
     "refused": "connection refused",
+    "unreachable": "host unreachable",
     "timeout": "timed out",
     "tls": "TLS error",
     "dns": "host name not found",
@@ -91,12 +104,45 @@ _KIND_TEXT = {
 }
 
 
-class Endpoint(object):
-    """An OpenAI-compatible server at base_url."""
+def base_url(url):
+    """The server's root from a URL with or without OpenAI's /v1 (what OpenAI clients take as base_url)."""
+    url = url.rstrip("/")
+    if url.endswith("/v1"):
+        url = url[:-3].rstrip("/")
+    return url
 
-    def __init__(self, base_url, api_key=None, headers=None, validate_certs=True, ca_path=None,
+
+def header_safe(value):
+    """Whether value can be sent in an HTTP header by every client: printable ASCII, no control characters.
+
+    http.client refuses a newline in a header value with an exception that quotes the value; httpx (the
+    OpenAI client's) refuses non-ASCII. A key that cannot travel in a header is one no client can send.
+    """
+    return all(0x20 <= ord(c) < 0x7f for c in value)
+
+
+def scrub(text, secrets):
+    """text with every secret replaced by ********, also as Python writes it inside a repr (a key with a
+    newline shows as 'key\\n' in "Invalid header value b'Bearer key\\n'")."""
+    text = to_text(text, errors="surrogate_or_replace")
+    for secret in secrets:
+        if not secret:
+            continue
+        forms = {secret, secret.strip(), repr(secret)[1:-1], repr(to_native(secret).encode("utf-8", "backslashreplace"))[2:-1]}
+        for form in sorted((f for f in forms if len(f) >= 4), key=len, reverse=True):
+            text = text.replace(form, "********")
+    return text
+
+
+_CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|cookie|passw", re.I)
+
+
+class Endpoint(object):
+    """An OpenAI-compatible server at base_url (its root; a trailing /v1 is taken off)."""
+
+    def __init__(self, base_url_, api_key=None, headers=None, validate_certs=True, ca_path=None,
                  client_cert=None, client_key=None, use_proxy=True, request_timeout=60, http_agent=None, opener=None):
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url(base_url_)
         self.api_key = api_key
         self.headers = dict(headers or {})
         self.validate_certs = validate_certs
@@ -149,14 +195,22 @@ class Endpoint(object):
                                 body=to_text(payload, errors="surrogate_or_replace"), url=url)
         except URLError as e:
             kind = _reason_kind(e.reason)
-            raise EndpointError(kind, "%s (%s)" % (_KIND_TEXT[kind], to_native(e.reason)), url=url)
+            raise EndpointError(kind, "%s (%s)" % (_KIND_TEXT[kind], self.scrub(to_native(e.reason))), url=url)
         except (socket.timeout, TimeoutError):
             raise EndpointError("timeout", "timed out after %ss" % (timeout or self.request_timeout), url=url)
         except ssl.SSLError as e:
-            raise EndpointError("tls", "TLS error (%s)" % to_native(e), url=url)
+            raise EndpointError("tls", "TLS error (%s)" % self.scrub(to_native(e)), url=url)
         except (ConnectionError, HTTPException, OSError) as e:
             kind = _reason_kind(e)
-            raise EndpointError(kind, "%s (%s)" % (_KIND_TEXT[kind], to_native(e) or type(e).__name__), url=url)
+            raise EndpointError(kind, "%s (%s)" % (_KIND_TEXT[kind], self.scrub(to_native(e)) or type(e).__name__), url=url)
+        except (ValueError, UnicodeError) as e:
+            # http.client refuses a header value with a newline or a character outside Latin-1, quoting it
+            raise EndpointError("protocol", "a request header cannot be sent (%s): %s" % (type(e).__name__, self.scrub(to_native(e))),
+                                url=url)
+
+    def scrub(self, text):
+        """text without the API key or the values of extra headers that carry credentials."""
+        return scrub(text, [self.api_key] + [to_text(v) for k, v in self.headers.items() if _CREDENTIAL_HEADER.search(k)])
 
     def request(self, method, path, body=None, timeout=None):
         """Send a request and return (status, text of the answer)."""

@@ -21,6 +21,10 @@ description:
     containers publish it.
   - B(Docker.) Whether the C(docker) CLI is installed, whether the daemon answers, its version, the
     state of its systemd unit, and which of O(images) are present.
+  - B(Models.) For each of O(models), whether the Hugging Face cache in O(hf_cache) holds it (the
+    snapshot its revision points at, with a C(config.json) and weight files), and the fields of its
+    C(config.json) that decide whether vLLM can serve it as asked (attention heads, C(auto_map), dtype,
+    context length).
 author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
@@ -57,6 +61,25 @@ options:
     type: list
     elements: str
     default: []
+  models:
+    description:
+      - Hugging Face model ids to look up in O(hf_cache), each with an optional revision (a branch, a tag or a
+        commit; V(main) when left out). Ids that are paths (they start with C(/)) are left out.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      model:
+        description: The model id, C(org/name).
+        type: str
+        required: true
+      revision:
+        description: Branch, tag or commit of the model.
+        type: str
+        default: main
+  hf_cache:
+    description: The Hugging Face hub cache directory (C(HF_HOME/hub)) on the host, which holds C(models--org--name) directories.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -101,6 +124,20 @@ ports:
       listening: true
       listeners: [{address: "0.0.0.0", process: docker-proxy, pid: 1234}]
       containers: [vllm]
+models:
+  description: One entry per model of O(models) that is a hub id.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - model: Qwen/Qwen2.5-1.5B-Instruct
+      revision: main
+      cached: true
+      snapshot: /data/vllm/models/hub/models--Qwen--Qwen2.5-1.5B-Instruct/snapshots/989aa7980e4cf806f80c7fef2b1adb7bc71aa306
+      weights: true
+      config: {architectures: [Qwen2ForCausalLM], model_type: qwen2, num_attention_heads: 12, num_key_value_heads: 2,
+               torch_dtype: bfloat16, max_position_embeddings: 32768, auto_map: false, rope_scaling: false}
+      error: ""
 docker:
   description: The Docker CLI and daemon.
   returned: always
@@ -204,6 +241,57 @@ def published_ports(text):
     return result
 
 
+CONFIG_FIELDS = ("architectures", "model_type", "num_attention_heads", "num_key_value_heads", "torch_dtype", "dtype",
+                 "max_position_embeddings")
+# multimodal models keep the language model's numbers in a sub-config
+TEXT_CONFIGS = ("text_config", "llm_config", "language_config")
+WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def model_config_summary(config):
+    """The fields of a config.json that the preflight checks read; a text sub-config fills in what the top lacks."""
+    summary = {"auto_map": isinstance(config.get("auto_map"), dict) and bool(config.get("auto_map"))}
+    # a RoPE scaling stretches the context beyond max_position_embeddings (transformers 5 calls it rope_parameters)
+    summary["rope_scaling"] = any(isinstance(config.get(k), dict) and "factor" in config[k] for k in ("rope_scaling", "rope_parameters"))
+    sources = [config] + [config[k] for k in TEXT_CONFIGS if isinstance(config.get(k), dict)]
+    for field in CONFIG_FIELDS:
+        for source in sources:
+            if source.get(field) is not None:
+                summary[field] = source[field]
+                break
+    if "dtype" in summary and "torch_dtype" not in summary:
+        # transformers 4.56+ writes dtype where older ones wrote torch_dtype
+        summary["torch_dtype"] = summary["dtype"]
+    summary.pop("dtype", None)
+    return summary
+
+
+def cached_model(cache, model, revision="main"):
+    """What the Hugging Face cache at cache holds of model at revision (huggingface_hub's layout:
+    models--org--name/refs/<revision> names the commit, snapshots/<commit>/ holds its files)."""
+    import json
+
+    entry = {"model": model, "revision": revision, "cached": False, "snapshot": "", "weights": False, "config": {}, "error": ""}
+    repo = os.path.join(cache, "models--" + model.replace("/", "--"))
+    commit = read(os.path.join(repo, "refs", revision)).strip() or revision
+    snapshot = os.path.join(repo, "snapshots", commit)
+    if not os.path.isdir(snapshot):
+        return entry
+    entry["snapshot"] = snapshot
+    config_path = os.path.join(snapshot, "config.json")
+    if os.path.exists(config_path):
+        try:
+            entry["config"] = model_config_summary(json.loads(read(config_path)))
+        except (ValueError, AttributeError) as e:
+            entry["error"] = "%s is not a JSON object: %s" % (config_path, e)
+    for dummy, dummy2, files in os.walk(snapshot, followlinks=True):
+        if any(name.endswith(WEIGHTS) for name in files):
+            entry["weights"] = True
+            break
+    entry["cached"] = os.path.exists(config_path) and entry["weights"]
+    return entry
+
+
 def read(path):
     try:
         with open(path) as f:
@@ -247,6 +335,11 @@ def main():
             )),
             ports=dict(type="list", elements="int", default=[]),
             images=dict(type="list", elements="str", default=[]),
+            models=dict(type="list", elements="dict", default=[], options=dict(
+                model=dict(type="str", required=True),
+                revision=dict(type="str", default="main"),
+            )),
+            hf_cache=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -272,7 +365,14 @@ def main():
                 "containers": published.get(port, []),
             })
 
-    module.exit_json(changed=False, filesystems=filesystems(module.params["space"], docker["images"]), ports=ports, docker=docker)
+    models = []
+    wanted = [m for m in module.params["models"] if not m["model"].startswith("/")]
+    if wanted and not module.params["hf_cache"]:
+        module.fail_json(msg="models needs hf_cache, the Hugging Face hub cache directory to look in")
+    for m in wanted:
+        models.append(cached_model(module.params["hf_cache"], m["model"], m["revision"] or "main"))
+    module.exit_json(changed=False, filesystems=filesystems(module.params["space"], docker["images"]), ports=ports, docker=docker,
+                     models=models)
 
 
 if __name__ == "__main__":

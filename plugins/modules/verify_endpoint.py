@@ -35,7 +35,10 @@ extends_documentation_fragment:
 options:
   url:
     description:
-      - Base URL of the server, without C(/v1).
+      - >-
+        Base URL of the server, with or without OpenAI's C(/v1): V(http://host:8000) and V(http://host:8000/v1) (the
+        C(base_url) OpenAI clients take) name the same server. Behind a reverse proxy, include its path prefix
+        (V(https://gw.example.com/llm) or V(https://gw.example.com/llm/v1)).
       - The default suits the module running on the GPU host itself. Delegated to the control node or a
         bastion, give the host's address, for example V(http://{{ ansible_host }}:8000).
     type: str
@@ -50,6 +53,9 @@ options:
       - "Key sent as C(Authorization: Bearer), for servers started with C(--api-key) or E(VLLM_API_KEY)."
       - Never printed, not even in failure messages.
       - Falls back to the environment variables E(VLLM_API_KEY) and E(OPENAI_API_KEY).
+      - Whitespace around the key (the trailing newline of a key read from a file) is taken off. A key with a line
+        break, another control character or a non-ASCII character inside is refused before any request, since
+        no client can send it in an HTTP header.
     type: str
   timeout:
     description:
@@ -62,7 +68,10 @@ options:
     type: float
     default: 60
   health_path:
-    description: Path of the health check. An empty string skips it and waits on the model list alone.
+    description:
+      - Path of the health check. An empty string skips it and waits on the model list alone.
+      - A server that answers this path with 404 fails the module at once (a wrong URL or path prefix does not
+        heal by waiting).
     type: str
     default: /health
   chat:
@@ -337,6 +346,21 @@ container_log:
   returned: failure and O(container) is set
   type: list
   elements: str
+container_errors:
+  description:
+    - On failure with O(container) set, the distinct exceptions in the container's log, most recent last, each
+      whole (a message over several lines, such as a pydantic C(ValidationError), keeps its lines).
+  returned: failure and O(container) is set
+  type: list
+  elements: str
+  sample: ["ValueError: Free memory on device (10.2/79.1 GiB) on startup is less than desired GPU memory utilization (0.9, 71.2 GiB)."]
+advice:
+  description:
+    - On failure with O(container) set, what to change for the failures vLLM is known to hit at start, in the
+      variables of this collection (C(vllm_server_shm_size), C(vllm_server_hf_token), an instance's options, ...).
+  returned: failure and O(container) is set
+  type: list
+  elements: str
 """
 
 import json
@@ -345,7 +369,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
-from ansible_collections.llmops.vllm.plugins.module_utils._openai_endpoint import Endpoint, EndpointError, error_detail
+from ansible_collections.llmops.vllm.plugins.module_utils._openai_endpoint import Endpoint, EndpointError, error_detail, header_safe
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_startup import advice, exceptions
 
 
 class VerificationFailed(Exception):
@@ -417,6 +442,11 @@ class Verifier(object):
                 " Nothing accepts connections there. vLLM only listens once the model is loaded, so either the "
                 "model is still loading (raise timeout), or the container exited or restarts in a loop "
                 "(docker ps -a, docker logs), or the port is not published on this address (check the port mapping).")
+        if last.kind == "unreachable":
+            return head + (
+                " There is no route to that address: a firewall rejects the connection (for example iptables' "
+                "icmp-host-prohibited), the host is down, or the address is wrong. Check the URL, the firewall between "
+                "here and the host, and that the host is up; vLLM's own state cannot cause this.")
         if last.kind == "reset":
             return head + (
                 " Something accepts connections but closes them without answering: Docker's port proxy is up while "
@@ -435,10 +465,13 @@ class Verifier(object):
         if last.kind == "http" and last.status in (502, 504):
             return head + (" A proxy in front of vLLM answers, but cannot reach vLLM behind it (HTTP %s): "
                            "check that vLLM runs and that the proxy points at its port." % last.status)
-        if last.kind == "http" and last.status == 404:
-            return head + (" %s answered 404: is this a vLLM server, and does the URL carry a path prefix it "
-                           "should not? Set health_path to '' for servers without /health." % last.url)
         return head
+
+    def explain_not_found(self, e):
+        return ("%s answered 404: is this a vLLM server, and does the URL carry a path prefix it should not? Set health_path "
+                "to '' for servers without /health. A server answers there, so waiting would not help; the server's root "
+                "and its /v1 URL (OpenAI's base_url) both work as url."
+                % e.url)
 
     def wait_ready(self):
         interval = self.FIRST_INTERVAL
@@ -454,6 +487,10 @@ class Verifier(object):
                     raise VerificationFailed(self.explain_auth(e), last_seen=e.summary())
                 if e.kind == "tls":
                     raise VerificationFailed("%s: %s.%s" % (self.ep.base_url, e.message, tls_advice(e)), last_seen=e.summary())
+                if e.kind == "http" and e.status == 404:
+                    raise VerificationFailed(self.explain_not_found(e), last_seen=e.summary())
+                if e.kind == "protocol" and e.status is None:
+                    raise VerificationFailed("%s: %s" % (self.ep.base_url, e.message), last_seen=e.summary())
             if self.watch:
                 self.watch(self.clock() - self.started, last)
             remaining = deadline - self.clock()
@@ -669,30 +706,9 @@ def check_completion_shape(data):
     return problems
 
 
-# vLLM's log prefix, "(EngineCore pid=24) ERROR 11-24 22:18:39 [core.py:1510] "; tracebacks have none.
-LOG_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\)\s+)?(?:(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?)?")
-# The last line of a Python traceback: "RuntimeError: ...", "huggingface_hub.errors.HFValidationError: ..."
-EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)): (\S.*)$")
-
-
 def error_lines(log, limit=3):
-    """The distinct exception messages of a log ('RuntimeError: ...'), most recent last.
-
-    Only lines that are an exception, alone or after an ERROR prefix: a warning that mentions an error
-    ("... can cause fd limit errors like `OSError: ...`") is not one.
-    """
-    seen = []
-    for line in log:
-        prefix = LOG_PREFIX.match(line)
-        if prefix.group(1) in ("DEBUG", "INFO", "WARNING"):
-            continue
-        match = EXCEPTION_LINE.match(line[prefix.end():].strip())
-        if match:
-            message = "%s: %s" % (match.group(1), match.group(2).strip())
-            if message in seen:
-                seen.remove(message)
-            seen.append(message)
-    return seen[-limit:]
+    """The distinct exception messages of a log, most recent last (see _vllm_startup.exceptions)."""
+    return exceptions(log, limit)
 
 
 class Container(object):
@@ -778,8 +794,12 @@ class Container(object):
         result["container_log"] = log[-self.lines:] if self.lines > 0 else []
         text = " Container %s: %s." % (self.name, state)
         errors = error_lines(log)
+        result["container_errors"] = errors
+        result["advice"] = advice(errors)
         if errors:
             text += " Errors in its log: " + " | ".join(errors)
+        if result["advice"]:
+            text += "\nWhat to change: " + " ".join(result["advice"])
         if result["container_log"]:
             text += "\nLast log lines:\n" + "\n".join(result["container_log"])
         return text
@@ -814,6 +834,16 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if p["api_key"] is not None:
+        # a key read from a file ends in a newline that no client sends; inside the key, such a character
+        # would make http.client raise an exception that quotes the whole header
+        p["api_key"] = p["api_key"].strip()
+        # Ansible hides the values it was given for no_log options; the stripped key is a new value
+        module.no_log_values.add(p["api_key"])
+        if not header_safe(p["api_key"]):
+            module.fail_json(msg="api_key holds a line break, another control character or a non-ASCII character inside it, "
+                                 "which no client can send in an HTTP header: give the key the server was started with, "
+                                 "printable ASCII only. The key itself is not shown.", ready=False)
     if not re.match(r"^https?://[^/\s]+", p["url"]):
         module.fail_json(msg="url must start with http:// or https:// and name a host, not %r" % p["url"], ready=False)
     if p["content_regex"]:
@@ -852,7 +882,12 @@ def main():
         msg = e.message
         if container:
             msg += container.explain(result, settle=e.went_away)
-        module.fail_json(msg=msg, **result)
+        module.fail_json(msg=endpoint.scrub(msg), **result)
+    except Exception as e:  # a bug must not print the key in a traceback Ansible shows without scrubbing
+        import traceback
+
+        msg = "verify_endpoint failed unexpectedly at %s: %s: %s" % (endpoint.base_url, type(e).__name__, endpoint.scrub(str(e)))
+        module.fail_json(msg=msg, exception=endpoint.scrub(traceback.format_exc()), **result)
     module.exit_json(**result)
 
 

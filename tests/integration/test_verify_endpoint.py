@@ -180,3 +180,30 @@ def test_server_killed_in_the_middle_of_a_streamed_reply(chat_server):
     assert match, result["msg"]
     assert int(match.group(1)) > 0
     assert "Container %s: exited (exit code 137, restarted 0 times)." % chat_server.name in result["msg"]
+
+
+def test_the_openai_base_url_names_the_same_server(chat_server, run_module):
+    # what `make demo` prints and every OpenAI client takes as base_url (issue 12)
+    result, run = run_module({"url": chat_server.url + "/v1", "model": "tiny-chat", "api_key": API_KEY, "stream": False})
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["url"] == chat_server.url and result["reply"].strip()
+
+
+def test_a_wrong_path_prefix_fails_at_once(chat_server, run_module):
+    # the real vLLM answers 404 at /llm/health: a server answers, so waiting the whole timeout would not help
+    result, run = run_module({"url": chat_server.url + "/llm", "model": "tiny-chat", "api_key": API_KEY, "timeout": 600})
+    assert result["failed"] is True
+    assert result["msg"].startswith(chat_server.url + "/llm/health answered 404: is this a vLLM server, and does the URL "
+                                    "carry a path prefix it should not?")
+    assert run.elapsed < 30, "the module waited %.0fs for a 404 to go away" % run.elapsed
+
+
+def test_a_key_read_from_a_file_works_and_is_never_printed(chat_server):
+    # slurp + b64decode or a | block scalar end the key in a newline (issue 12): it used to break the
+    # request with an exception quoting the key, and the stripped key must stay hidden in the invocation
+    run = ModuleRun({"url": chat_server.url, "model": "tiny-chat", "api_key": API_KEY + "\n", "stream": False})
+    result = run.result()
+    assert result.get("failed") is not True, result.get("msg")
+    if "invocation" in result:
+        assert result["invocation"]["module_args"]["api_key"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert API_KEY not in run.stdout

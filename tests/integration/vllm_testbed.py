@@ -39,12 +39,14 @@ def docker(*args, check=True, timeout=120):
 class VllmContainer(object):
     """One `vllm serve` in the CPU image, as its docs run it, with the API port on 127.0.0.1."""
 
-    def __init__(self, name, model, served_model_name=None, api_key=None, args=()):
+    def __init__(self, name, model, served_model_name=None, api_key=None, args=(), docker_args=()):
         self.name = PREFIX + name
         self.model = model
         self.served_model_name = served_model_name
         self.api_key = api_key
         self.args = list(args)
+        # given after the defaults, so that they replace them (docker run: the last --shm-size wins)
+        self.docker_args = list(docker_args)
         self.port = None
         self.started_at = None
 
@@ -55,7 +57,7 @@ class VllmContainer(object):
     def start(self):
         command = ["run", "-d", "--name", self.name, "--shm-size", "512m", "-p", "127.0.0.1::8000",
                    "-v", MODELS + ":/root/.cache/huggingface:ro",
-                   "-e", "HF_HUB_OFFLINE=1", "-e", "VLLM_CPU_KVCACHE_SPACE=1",
+                   "-e", "HF_HUB_OFFLINE=1", "-e", "VLLM_CPU_KVCACHE_SPACE=1"] + self.docker_args + [
                    IMAGE, self.model, "--max-model-len", "2048"]
         if self.served_model_name:
             command += ["--served-model-name", self.served_model_name]

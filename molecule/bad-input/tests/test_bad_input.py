@@ -34,10 +34,63 @@ CASES = [
      "is marked CPU-only (llmops_cpu_only / vllm_server_cpu_only), but vllm asks for GPUs"),
     ("unknown mode", {"vllm_server_mode": "swarm"},
      "vllm_server_mode must be container or compose (it is swarm)"),
-    ("mirror with a path", {"docker_registry_mirrors": ["https://mirror.example.com/v2/"]},
+    # (the test inventory serves the tiny model offline; this bare host has no model cache, which the
+    # vllm_server preflight would name first: the case is about the mirror, so it serves online)
+    ("mirror with a path", {"docker_registry_mirrors": ["https://mirror.example.com/v2/"], "vllm_server_env": {}},
      "llmops-bad-input: docker_registry_mirrors must be null or a list of http(s)://host[:port] URLs with no path "
      "(it is ['https://mirror.example.com/v2/'])"),
 ]
+
+
+# Secrets that no client could send; the message names the variable, never the value.
+SECRET_CASES = [
+    ("API key with a file's trailing newline", {"vllm_server_api_key": "llmops-key-0123\n"},
+     "llmops-bad-input: vllm_server_api_key has whitespace at its start or end (a trailing newline from a file read "
+     "with slurp or lookup('file'), from echo, or from a | block scalar?)", "llmops-key-0123"),
+    ("API key with a non-ASCII character", {"vllm_server_api_key": "llmops-ключ-0123"},
+     "llmops-bad-input: vllm_server_api_key holds a line break, another control character or a non-ASCII character",
+     "ключ-0123"),
+    ("API key with a line break inside", {"vllm_server_api_key": "llmops-$(id)-\"q\"\nrest-0123"},
+     "vllm_server_api_key holds a line break", "rest-0123"),
+    ("HF token from a | block scalar", {"vllm_server_hf_token": "hf_llmopsBlockScalar0123\n"},
+     "llmops-bad-input: vllm_server_hf_token has whitespace at its start or end", "hf_llmopsBlockScalar0123"),
+    ("registry password with a trailing newline",
+     # (served online, as the mirror case above: the docker role's preflight comes after the model checks)
+     {"docker_registry_logins": [{"registry": "llmops-registry:5000", "username": "ci", "password": "pw-from-file-0123\n"}],
+      "vllm_server_env": {}},
+     "llmops-bad-input: docker_registry_logins[0] (ci@llmops-registry:5000): the password has whitespace at its start or "
+     "end", "pw-from-file-0123"),
+]
+
+# What vLLM would refuse at start, read from the model's config.json in the host's cache. A case's
+# model is put into the cache (huggingface_hub's layout) before the run and taken away after it.
+HEADS_2 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_attention_heads": 2, "num_key_value_heads": 2,
+           "max_position_embeddings": 2048, "dtype": "bfloat16"}
+MODEL_CASES = [
+    ("offline without the model in the cache", "llmops-test/not-downloaded", None, {},
+     "Instance vllm on llmops-bad-input runs offline (HF_HUB_OFFLINE in its env), but its model llmops-test/not-downloaded "
+     "is not in the host's model cache (/data/vllm/models/hub/models--llmops-test--not-downloaded)"),
+    ("heads that tensor parallelism cannot split", "llmops-test/heads-2", HEADS_2, {"tensor_parallel_size": 3},
+     "Instance vllm on llmops-bad-input: llmops-test/heads-2 has 2 attention heads, which do not divide evenly by "
+     "tensor_parallel_size 3"),
+    ("custom code without trust_remote_code", "llmops-test/custom-code",
+     dict(HEADS_2, model_type="llmops_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig"}), {},
+     "Instance vllm on llmops-bad-input: llmops-test/custom-code ships its own code (auto_map in its config.json), which "
+     "vLLM runs only with trust_remote_code. Set trust_remote_code: true"),
+    ("max_model_len longer than the model's", "llmops-test/heads-2", HEADS_2, {"max_model_len": 4096},
+     "Instance vllm on llmops-bad-input: max_model_len 4096 is longer than llmops-test/heads-2's context "
+     "(max_position_embeddings 2048 in its config.json)"),
+]
+
+
+def seed_model(host, model, config):
+    import json
+
+    repo = "/data/vllm/models/hub/models--" + model.replace("/", "--")
+    snapshot = repo + "/snapshots/0123456789abcdef0123456789abcdef01234567"
+    host.check_output("mkdir -p %s %s/refs && printf %%s 0123456789abcdef0123456789abcdef01234567 > %s/refs/main && "
+                      "printf %%s %s > %s/config.json && printf x > %s/model.safetensors",
+                      snapshot, repo, repo, json.dumps(config), snapshot, snapshot)
 
 
 def host_state(host):
@@ -59,6 +112,30 @@ def test_bad_input_stops_before_anything_changes(host, extra_vars, expected):
     # the message names what is wrong, not every rule of the role
     assert "docker_install_source must be" not in result.output
     assert host_state(host) == before, "the failed run changed the host"
+
+
+@pytest.mark.parametrize("extra_vars, expected, hidden", [c[1:] for c in SECRET_CASES], ids=[c[0] for c in SECRET_CASES])
+def test_secrets_no_client_can_send_stop_the_play_unprinted(host, extra_vars, expected, hidden):
+    before = host_state(host)
+    result = run_playbook("site.yml", extra_vars, verbosity=3)
+    assert result.returncode != 0
+    assert expected in " ".join(result.output.split()), result.output[-3000:]
+    assert hidden not in result.output, "the secret was printed"
+    assert host_state(host) == before, "the failed run changed the host"
+
+
+@pytest.mark.parametrize("model, config, options, expected", [c[1:] for c in MODEL_CASES], ids=[c[0] for c in MODEL_CASES])
+def test_models_vllm_would_refuse_stop_the_play(host, model, config, options, expected):
+    try:
+        if config is not None:
+            seed_model(host, model, config)
+        before = host_state(host)
+        result = run_playbook("site.yml", {"vllm_server_instances": [dict(TINY, model=model)], "vllm_server_options": options})
+        assert result.returncode != 0
+        assert expected in " ".join(result.output.split()), result.output[-3000:]
+        assert host_state(host) == before, "the failed run changed the host"
+    finally:
+        host.run("rm -rf /data")
 
 
 def test_the_host_is_bare(host):

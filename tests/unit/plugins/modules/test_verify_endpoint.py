@@ -373,12 +373,15 @@ def test_never_ready_proxy_502(run_module, server):
     assert "last seen: HTTP 502: <html>Bad Gateway</html>. A proxy in front of vLLM answers, but cannot reach vLLM" in result["msg"]
 
 
-def test_never_ready_health_404(run_module, server):
-    server({})
-    kind, result = run_module(mod.main, ARGS)
+def test_health_404_fails_at_once(run_module, server, clock):
+    fake = server({})
+    kind, result = run_module(mod.main, dict(ARGS, timeout=600))
     assert kind == "fail"
     assert ("http://127.0.0.1:8000/health answered 404: is this a vLLM server, and does the URL carry a path prefix it "
             "should not? Set health_path to '' for servers without /health.") in result["msg"]
+    assert "waiting would not help" in result["msg"]
+    assert len(fake.calls) == 1 and clock.sleeps == [], "a server that answers 404 does not heal by waiting"
+    assert result["last_seen"] == "HTTP 404: Not Found"
 
 
 def test_never_ready_unknown_host(run_module, server):
@@ -754,3 +757,115 @@ def test_the_container_explains_a_broken_stream(run_module, server, docker_cli, 
     assert kind == "fail"
     assert "the streamed chat completion broke off after 2 chunks" in result["msg"]
     assert "Container vllm: %s." % seen in result["msg"] and result["container_state"] == seen
+
+
+# ---- the OpenAI base URL, unreachable hosts (issue 12) -------------------------------------------
+
+
+@pytest.mark.parametrize("url, base, paths", [
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000", ["/health", "/v1/models"]),
+    ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000", ["/health", "/v1/models"]),
+    ("http://127.0.0.1:8000/", "http://127.0.0.1:8000", ["/health", "/v1/models"]),
+    ("https://gw.example.com/llm/v1", "https://gw.example.com/llm", ["/llm/health", "/llm/v1/models"]),
+])
+def test_the_openai_base_url_form_is_the_same_server(run_module, server, url, base, paths):
+    fake = server(dict(((method, "/llm" + path if "/llm" in base else path), answer)
+                       for (method, path), answer in ready_routes().items()))
+    kind, result = run_module(mod.main, dict(ARGS, url=url))
+    assert kind == "exit", result
+    assert result["url"] == base
+    assert [c["path"] for c in fake.calls[:2]] == paths
+    assert all("/v1/v1" not in c["path"] for c in fake.calls)
+
+
+@pytest.mark.parametrize("error", [
+    OSError(113, "No route to host"),  # EHOSTUNREACH: a firewall's icmp-host-prohibited, a host that is down
+    OSError(101, "Network is unreachable"),  # ENETUNREACH: no route to the network
+])
+def test_unreachable_host_is_a_network_problem(run_module, server, error):
+    server({("GET", "/health"): URLError(error)})
+    kind, result = run_module(mod.main, ARGS)
+    assert kind == "fail"
+    assert "last seen: host unreachable (" in result["msg"]
+    assert "There is no route to that address: a firewall rejects the connection" in result["msg"]
+    assert "port proxy" not in result["msg"] and "still loading" not in result["msg"]
+
+
+def test_unreachable_from_a_bare_socket_error(run_module, server):
+    server({("GET", "/health"): OSError(113, "No route to host")})
+    kind, result = run_module(mod.main, ARGS)
+    assert kind == "fail" and "a firewall rejects the connection" in result["msg"]
+
+
+# ---- secrets: whitespace around a key, and no path that prints one (issue 12) -------------------
+
+ODD_KEYS = [
+    'sk-"quoted"-\'single\'',
+    "sk-$(touch /tmp/pwned)-`id`",
+    "sk-back\\slash\\n",
+    "sk-semi;colon&amp|pipe",
+]
+
+
+@pytest.mark.parametrize("raw, sent", [
+    (KEY + "\n", KEY),  # slurp + b64decode, echo | ansible-vault encrypt_string, a | block scalar
+    (KEY + "\r\n", KEY),
+    ("  " + KEY + "\t", KEY),
+] + [(k, k) for k in ODD_KEYS])
+def test_keys_are_sent_as_clients_send_them(run_module, server, raw, sent):
+    fake = server(ready_routes())
+    kind, result = run_module(mod.main, dict(ARGS, api_key=raw))
+    assert kind == "exit", result
+    assert {c["headers"]["Authorization"] for c in fake.calls} == {"Bearer " + sent}
+    assert sent not in json.dumps(result)
+
+
+@pytest.mark.parametrize("raw", ["sk-line\nbreak-inside", "sk-ключ-123456", "sk-tab\tinside", "sk-nul\x00inside"])
+def test_keys_no_client_can_send_are_refused_without_printing_them(run_module, server, raw):
+    fake = server(ready_routes())
+    kind, result = run_module(mod.main, dict(ARGS, api_key=raw))
+    assert kind == "fail" and fake.calls == []
+    assert result["msg"].startswith("api_key holds a line break, another control character or a non-ASCII character")
+    for part in ("line", "break-inside", "ключ", "123456", "inside"):
+        assert ("sk-" + part) not in json.dumps(result)
+    assert raw not in json.dumps(result, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("secret", ["sk-leak\nme-0123", "sk-ключ-leak-0123"] + ODD_KEYS)
+def test_real_http_client_errors_never_carry_the_key(secret):
+    """The bug of issue 12: http.client refuses a header value with a newline by an exception that quotes it.
+    Here the real open_url and http.client run (nothing listens on port 9; they fail before connecting)."""
+    endpoint = _openai_endpoint.Endpoint("http://127.0.0.1:9", api_key=secret, request_timeout=2)
+    with pytest.raises(_openai_endpoint.EndpointError) as raised:
+        endpoint.request("GET", "/v1/models")
+    text = raised.value.message + " " + raised.value.summary()
+    assert secret not in text and repr(secret)[1:-1] not in text and "leak" not in text
+    if "\n" in secret or "ключ" in secret:
+        assert raised.value.kind == "protocol" and "a request header cannot be sent" in text
+
+
+def test_a_credential_header_is_scrubbed_too():
+    endpoint = _openai_endpoint.Endpoint("http://127.0.0.1:9", headers={"X-Gateway-Token": "gw-secret\nvalue"})
+    with pytest.raises(_openai_endpoint.EndpointError) as raised:
+        endpoint.request("GET", "/health")
+    assert "gw-secret" not in raised.value.message and "********" in raised.value.message
+
+
+def test_an_unexpected_exception_is_scrubbed_and_has_no_bare_traceback(run_module, server):
+    def boom(body):
+        raise RuntimeError("something quoted the header Bearer %s and %r" % (KEY, KEY + "\n"))
+
+    routes = ready_routes()
+    routes[("GET", "/v1/models")] = boom
+    server(routes)
+    kind, result = run_module(mod.main, dict(ARGS, api_key=KEY))
+    assert kind == "fail"
+    assert result["msg"].startswith("verify_endpoint failed unexpectedly at http://127.0.0.1:8000: RuntimeError:")
+    assert KEY not in json.dumps(result) and "********" in result["msg"] and "********" in result["exception"]
+
+
+def test_key_option_is_no_log():
+    from ansible_collections.llmops.vllm.plugins.modules import verify_endpoint
+
+    source = open(verify_endpoint.__file__).read()
+    assert 'api_key=dict(type="str", no_log=True' in source
