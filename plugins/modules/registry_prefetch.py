@@ -125,7 +125,7 @@ def parse_reference(image):
 
 
 def blob_cached(storage_dir, digest):
-    algorithm, _, hexdigest = digest.partition(":")
+    algorithm, hexdigest = digest.split(":", 1)
     return os.path.isfile(os.path.join(storage_dir, "docker", "registry", "v2", "blobs", algorithm, hexdigest[:2], hexdigest, "data"))
 
 
