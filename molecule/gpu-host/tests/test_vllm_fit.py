@@ -16,7 +16,9 @@ def test_an_8b_model_fits_one_h100(tmp_path):
     assert result.returncode == 0, result.output[-3000:]
     facts = json.loads(derived.read_text())
     assert [(g["index"], g["memory_mib"]) for g in facts["gpus"]] == [("0", 81559)]
-    assert facts["options"] == [{}], "one GPU: no tensor parallelism"
+    # One GPU: no tensor parallelism; the only derived option is vLLM's graceful-stop window
+    # (vllm_server_shutdown_timeout, default 60 s).
+    assert facts["options"] == [{"shutdown_timeout": 60}], "one GPU: no tensor parallelism"
 
 
 def test_a_70b_model_in_bf16_is_refused_on_one_h100():
