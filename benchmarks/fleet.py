@@ -11,7 +11,11 @@ it creates fresh hosts (the Debian 12 systemd containers of the tests, on networ
 runs ONE `site.yml` over them (cold: Docker, the image, vLLM started and verified with a chat
 completion on every host), runs it again (a no-op: it must report changed=0) and removes them.
 The upstream is the test registry standing in for Docker Hub; the bytes it served come from its
-own request log, per client address. The models are seeded into each host as in the scenarios.
+own request log, per client address. The models come from the Hugging Face Hub stand-in
+(tests/doubles/hf-hub) once per run, through the control node (vllm_server_download_on:
+control_node, the fleet inventory's setting), into a control-node cache that is new for each run;
+its own counters give the bytes it served. In both modes the model is fetched once per fleet: the
+stand-in listens on the control node's loopback only, so "every host from the hub" is not run.
 
 It prints, per run: the cold and the no-op time, the no-op time against N=1 of the same mode,
 and the upstream's bytes against the image's compressed size; then the goals of issue 9:
@@ -86,9 +90,22 @@ def inventory(directory, gpu_hosts, cache_host):
     return directory
 
 
-def playbook(inventory_dir, playbook_path, forks, extra=()):
+HF_HUB = os.path.join(ROOT, "tests", "doubles", "hf-hub")
+MODEL = os.path.join(ROOT, ".cache", "models", "hub", "models--llmops-test--tiny-chat", "snapshots")
+
+
+def model_size():
+    """Bytes of the files of the fleet's model (llmops-test/tiny-chat) as the hub serves them."""
+    revision = os.path.join(MODEL, os.listdir(MODEL)[0])
+    return sum(os.path.getsize(os.path.join(revision, f)) for f in os.listdir(revision))
+
+
+def playbook(inventory_dir, playbook_path, forks, extra=(), control_dir=None):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    if control_dir:
+        # the fleet inventory keeps the control node's model cache under $MOLECULE_EPHEMERAL_DIRECTORY/hub
+        env["MOLECULE_EPHEMERAL_DIRECTORY"] = control_dir
     start = time.monotonic()
     result = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", inventory_dir, "-f", str(forks), playbook_path, *extra],
                             capture_output=True, text=True, env=env, cwd=ROOT)
@@ -112,14 +129,16 @@ def run(mode, n):
         inv = inventory(os.path.join(tmp, "inventory"), gpu_hosts, cache_host)
         forks = max(5, n + 1)
         playbook(inv, os.path.join(ROOT, "molecule", "resources", "prepare.yml"), forks, ["-l", "gpu_hosts"])
-        cold, _ = playbook(inv, os.path.join(ROOT, "site.yml"), forks)
-        noop, changed = playbook(inv, os.path.join(ROOT, "site.yml"), forks)
+        sh(HF_HUB, "reset")
+        cold, _ = playbook(inv, os.path.join(ROOT, "site.yml"), forks, control_dir=tmp)
+        noop, changed = playbook(inv, os.path.join(ROOT, "site.yml"), forks, control_dir=tmp)
+        hub = json.loads(sh(HF_HUB, "stats"))["bytes_served"]
     sent = upstream_blob_bytes(since, UPSTREAM)
     addresses = dict((address(h), h) for h in gpu_hosts + ([cache_host] if cache_host else []))
     upstream = sum(v for k, v in sent.items() if k in addresses)
     remove_hosts()
     return {"mode": mode, "n": n, "cold_s": round(cold, 1), "noop_s": round(noop, 1), "noop_changed": changed,
-            "upstream_bytes": upstream}
+            "upstream_bytes": upstream, "hub_bytes": hub}
 
 
 def main():
@@ -130,25 +149,31 @@ def main():
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     image = image_compressed_size(IMAGE_REPOSITORY, IMAGE_TAG)
+    model = model_size()
+    sh(HF_HUB, "up")
     rows = []
     try:
         for mode in args.modes.split(","):
             for n in sizes:
                 row = run(mode, n)
                 rows.append(row)
-                print("%-6s N=%d  cold %6.1f s  no-op %5.1f s (changed=%d)  upstream %.2f GB" % (
-                    mode, n, row["cold_s"], row["noop_s"], row["noop_changed"], row["upstream_bytes"] / 1e9), flush=True)
+                print("%-6s N=%d  cold %6.1f s  no-op %5.1f s (changed=%d)  upstream %.2f GB  hub %d B" % (
+                    mode, n, row["cold_s"], row["noop_s"], row["noop_changed"], row["upstream_bytes"] / 1e9,
+                    row["hub_bytes"]), flush=True)
     finally:
         remove_hosts()
     print()
-    print("image: %s:%s, %.2f GB compressed" % (IMAGE_REPOSITORY, IMAGE_TAG, image / 1e9))
-    print("%-6s %3s %8s %8s %12s %14s" % ("mode", "N", "cold s", "no-op s", "no-op t/t(1)", "upstream/image"))
+    print("image: %s:%s, %.2f GB compressed; model llmops-test/tiny-chat, %d bytes" % (
+        IMAGE_REPOSITORY, IMAGE_TAG, image / 1e9, model))
+    print("%-6s %3s %8s %8s %12s %14s %11s" % ("mode", "N", "cold s", "no-op s", "no-op t/t(1)", "upstream/image",
+                                               "hub/model"))
     for row in rows:
         base = [r for r in rows if r["mode"] == row["mode"] and r["n"] == min(sizes)][0]
         row["noop_ratio"] = round(row["noop_s"] / base["noop_s"], 2)
         row["upstream_ratio"] = round(row["upstream_bytes"] / image, 2)
-        print("%-6s %3d %8.1f %8.1f %12.2f %13.2fx" % (row["mode"], row["n"], row["cold_s"], row["noop_s"], row["noop_ratio"],
-                                                       row["upstream_ratio"]))
+        row["hub_ratio"] = round(row["hub_bytes"] / model, 2)
+        print("%-6s %3d %8.1f %8.1f %12.2f %13.2fx %10.2fx" % (row["mode"], row["n"], row["cold_s"], row["noop_s"],
+                                                              row["noop_ratio"], row["upstream_ratio"], row["hub_ratio"]))
     print()
     cache = [r for r in rows if r["mode"] == "cache"]
     if cache:
@@ -156,10 +181,12 @@ def main():
             "met" if all(r["upstream_ratio"] == 1.0 for r in cache) else "NOT met"))
         worst = max(r["noop_ratio"] for r in cache)
         print("goal: no-op t(N)/t(1) <= 1.3 with the cache: %s (worst %.2f)" % ("met" if worst <= 1.3 else "NOT met", worst))
+    print("goal: hub bytes = 1.0x the model for every N: %s" % (
+        "met" if all(r["hub_ratio"] == 1.0 for r in rows) else "NOT met"))
     print("goal: a no-op run reports changed=0: %s" % ("met" if all(r["noop_changed"] == 0 for r in rows) else "NOT met"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"image_bytes": image, "runs": rows}, f, indent=2)
+            json.dump({"image_bytes": image, "model_bytes": model, "runs": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
