@@ -88,9 +88,9 @@ def _sizes(instance, options, nodes, gpus_per_node, where, problems):
     given = dict((k, _int(options.get(k))) for k in SIZE_KEYS if k in options)
     for key, value in given.items():
         if value is None or value < 1:
+            option = key.replace("-", "_")
             problems.append("%s: %s in its options must be a whole number of at least 1, not %r. Fix "
-                            "vllm_server_instances[%s].options.%s." % (where, key.replace("-", "_"), options[key],
-                                                                      instance.get("name"), key.replace("-", "_")))
+                            "vllm_server_instances[%s].options.%s." % (where, option, options[key], instance.get("name"), option))
     if any(v is None or v < 1 for v in given.values()):
         return None
     if shape == "data":
@@ -215,9 +215,13 @@ def _vllm_args(shape, executor, sizes, rank, head_address, ports, nodes, instanc
 
 
 def _ray_start(rank, address, head_address, ports):
-    """`ray start` of a node, as examples/ray_serving/run_cluster.sh runs it (--block keeps it in the foreground)."""
+    """`ray start` of a node, as examples/ray_serving/run_cluster.sh runs it.
+
+    A worker's Ray stays in the foreground (--block) as its container's process; the head's returns once
+    Ray runs, so that the head's container goes on to `vllm serve` (docs/multinode.md).
+    """
     if rank == 0:
-        return ["ray", "start", "--block", "--head", "--node-ip-address=%s" % address, "--port=%d" % ports["ray_port"]]
+        return ["ray", "start", "--head", "--node-ip-address=%s" % address, "--port=%d" % ports["ray_port"]]
     return ["ray", "start", "--block", "--address=%s:%d" % (head_address, ports["ray_port"]),
             "--node-ip-address=%s" % address]
 
@@ -227,7 +231,7 @@ def _listens(shape, executor, head, ports, address):
     if executor == "ray":
         if head:
             return [{"port": ports["ray_port"], "proto": "tcp", "what": "Ray GCS (ray start --head --port)",
-                     "bound_to": "all addresses (Ray's default)"}]
+                     "bound_to": "not pinned by this plan: treat it as all addresses"}]
         return []
     if not head:
         return []
@@ -333,8 +337,8 @@ def vllm_multinode_plan(instance, node_facts, inventory_hosts, model_config=None
     for host, address in addresses.items():
         if address in seen:
             problems.append("%s: nodes %s and %s have the same address %s on %s, so they cannot tell each other apart. "
-                            "Give each node its own address on the cluster network." % (where, seen[address], host,
-                                                                                         address, interface))
+                            "Give each node its own address on the cluster network."
+                            % (where, seen[address], host, address, interface))
         seen.setdefault(address, host)
     if len(set(digests.values())) > 1:
         problems.append("%s: its nodes run different images (%s); vLLM, torch and Ray must be the same on every node "

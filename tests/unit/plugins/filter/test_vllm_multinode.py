@@ -103,7 +103,7 @@ def test_mp_data_parallel_head_has_no_start_rank_and_workers_start_at_their_firs
 def test_ray_workers_run_only_ray_and_the_head_serves_with_the_ray_executor():
     p = plan(instance(executor="ray", ray_port=6380))
     head, worker = vllm_multinode_node(p, "gpu1"), vllm_multinode_node(p, "gpu2")
-    assert head["ray_start"] == ["ray", "start", "--block", "--head", "--node-ip-address=10.0.0.1", "--port=6380"]
+    assert head["ray_start"] == ["ray", "start", "--head", "--node-ip-address=10.0.0.1", "--port=6380"]
     assert worker["ray_start"] == ["ray", "start", "--block", "--address=10.0.0.1:6380", "--node-ip-address=10.0.0.2"]
     assert worker["vllm_args"] == []
     assert opt(head["vllm_args"], "--distributed-executor-backend") == "ray"
@@ -216,6 +216,8 @@ def test_more_refusals_each_name_what_to_change():
     assert "shape must be one of data, tensor, pipeline" in problems(instance(shape="both"))
     assert "executor must be mp" in problems(instance(executor="slurm"))
     assert "gpus_per_node must be" in problems(instance(gpus_per_node=0))
+    assert "tensor_parallel_size in its options must be a whole number of at least 1, not 'eight'. Fix " \
+        "vllm_server_instances[big].options.tensor_parallel_size." in problems(instance(options={"tensor_parallel_size": "eight"}))
     assert "node gpu2 has 4 GPUs, fewer than gpus_per_node 8" in problems(
         node_facts=dict(facts(), gpu2=dict(facts()["gpu2"], gpus=4)))
     assert "no facts of node gpu2" in problems(node_facts={"gpu1": facts()["gpu1"]})
