@@ -258,3 +258,30 @@ def test_nodes_that_are_not_a_list_raise(nodes):
 
     with pytest.raises(AnsibleFilterError, match="nodes must be a list"):
         vllm_multinode_plan(instance(nodes=nodes), facts(), HOSTS)
+
+
+def test_the_examples_of_docs_multinode_are_what_the_plan_renders():
+    import os
+    import re
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..")
+    with open(os.path.join(root, "docs", "multinode.md")) as f:
+        documented = set(re.sub(r"\s+", " ", line).strip() for line in f)
+    two = dict((h, {"interfaces": {"ens5": "10.0.0.%d" % (11 + i)}, "gpus": 8, "platform": "cuda"})
+               for i, h in enumerate(("gpu-01", "gpu-02")))
+    checked = 0
+    for shape, executor in (("data", "mp"), ("pipeline", "mp"), ("pipeline", "ray")):
+        p = vllm_multinode_plan(instance(name="llama405b", nodes=["gpu-01", "gpu-02"], shape=shape, executor=executor,
+                                         options={"max_model_len": 16384}), two, ["gpu-01", "gpu-02"], LLAMA_405B)
+        assert p["problems"] == []
+        for node in p["nodes"]:
+            lines = []
+            if node["ray_start"]:
+                lines.append("%s %s: %s" % (node["host"], node["role"], " ".join(node["ray_start"])))
+            if node["vllm_args"]:
+                lines.append("%s %s: vllm serve MODEL --config %s %s" % (node["host"], node["role"], p["config_path"],
+                                                                       " ".join(node["vllm_args"])))
+            for line in lines:
+                assert line in documented, "docs/multinode.md lacks: " + line
+                checked += 1
+    assert checked == 7
