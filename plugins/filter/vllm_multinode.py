@@ -1,0 +1,428 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+# One vLLM instance spanning several hosts (issue 13): from an entry of vllm_server_instances that
+# lists its nodes, the facts of those nodes and the model's config.json, the plan of every node
+# (role, rank, vLLM's arguments, environment, cluster ports, start order) and the problems the
+# preflight must refuse. Groundwork: the vllm_server role does not call these filters yet
+# (docs/multinode.md says what is wired and what is not).
+#
+# Every vLLM flag and default below was checked against vLLM 0.32.0 (the test image's
+# vllm/engine/arg_utils.py, vllm/config/parallel.py, vllm/entrypoints/cli/serve.py) and vLLM's
+# docs (docs/serving/parallelism_scaling.md, data_parallel_deployment.md,
+# examples/ray_serving/run_cluster.sh); tests/integration/test_multinode_args.py parses the
+# rendered arguments with vLLM's own parser.
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_cli_key, vllm_config
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import CONTAINER_CONFIGS_DIR
+
+SHAPES = ("data", "tensor", "pipeline")
+EXECUTORS = ("mp", "ray")
+# vLLM 0.32.0 runs Ray only on platforms with a ray_device_key (vllm/platforms/cuda.py, rocm.py,
+# xpu.py); its CPU platform has none and refuses: "current platform cpu does not support ray"
+# (vllm/v1/executor/ray_utils.py; vLLM issue #21602).
+RAY_PLATFORMS = ("cuda", "rocm", "xpu")
+# vLLM's own defaults (vllm/config/parallel.py ParallelConfig.master_port, data_parallel_rpc_port)
+# and Ray's head port (ray start --port; examples/ray_serving/run_cluster.sh uses 6379).
+DEFAULT_MASTER_PORT = 29501
+DEFAULT_DP_RPC_PORT = 29550
+DEFAULT_RAY_PORT = 6379
+SIZE_KEYS = ("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size")
+# Options the plan sets per node; an instance gives them through its own fields, never its options.
+CLUSTER_OPTIONS = {
+    "nnodes": "the instance's nodes",
+    "node-rank": "the order of the instance's nodes",
+    "master-addr": "the head's address on cluster_interface",
+    "master-port": "the instance's master_port",
+    "headless": "the node's role (every node but the head runs headless)",
+    "data-parallel-size-local": "gpus_per_node and tensor_parallel_size",
+    "data-parallel-start-rank": "the order of the instance's nodes",
+    "data-parallel-rank": "the order of the instance's nodes",
+    "data-parallel-address": "the head's address on cluster_interface",
+    "data-parallel-rpc-port": "the instance's data_parallel_rpc_port",
+    "data-parallel-backend": "the instance's executor",
+    "distributed-executor-backend": "the instance's executor",
+    "host": "the instance's bind_address",
+    "port": "the instance's port",
+}
+
+
+def vllm_is_multinode(instance):
+    """True for an entry of vllm_server_instances that lists its nodes."""
+    return isinstance(instance, dict) and bool(instance.get("nodes"))
+
+
+def vllm_node_interfaces(facts):
+    """{interface: IPv4 address} of one host, from its gathered ansible_facts (network subset).
+
+    Ansible names each interface's fact after the interface with '-' and ':' turned into '_'.
+    """
+    found = {}
+    for name in (facts or {}).get("interfaces") or []:
+        entry = facts.get(str(name).replace("-", "_").replace(":", "_")) or {}
+        address = (entry.get("ipv4") or {}).get("address")
+        if address:
+            found[str(name)] = str(address)
+    return found
+
+
+def _int(value, default=None):
+    if value is None or value == "" or isinstance(value, bool):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _sizes(instance, options, nodes, gpus_per_node, where, problems):
+    """The parallel sizes: derived from the shape, nodes x gpus_per_node, checked against what options give."""
+    shape = instance.get("shape")
+    n = len(nodes)
+    total = n * gpus_per_node
+    given = dict((k, _int(options.get(k))) for k in SIZE_KEYS if k in options)
+    for key, value in given.items():
+        if value is None or value < 1:
+            option = key.replace("-", "_")
+            problems.append("%s: %s in its options must be a whole number of at least 1, not %r. Fix "
+                            "vllm_server_instances[%s].options.%s." % (where, option, options[key], instance.get("name"), option))
+    if any(v is None or v < 1 for v in given.values()):
+        return None
+    if shape == "data":
+        tp = given.get("tensor-parallel-size", gpus_per_node)
+        pp = given.get("pipeline-parallel-size", 1)
+        if gpus_per_node % (tp * pp):
+            problems.append(
+                "%s: data parallel replicas of tensor_parallel_size %d x pipeline_parallel_size %d do not fill the %d "
+                "GPUs of each node (gpus_per_node). Set tensor_parallel_size in the instance's options to a number "
+                "that divides gpus_per_node, or change gpus_per_node." % (where, tp, pp, gpus_per_node))
+            return None
+        local = gpus_per_node // (tp * pp)
+        dp = local * n
+    else:
+        dp = given.get("data-parallel-size", 1)
+        if dp != 1:
+            problems.append(
+                "%s: shape %s spreads one copy of the model over all nodes, so data_parallel_size must be 1, not %d. "
+                "Use shape: data for replicas, or remove data_parallel_size from the instance's options." % (where, shape, dp))
+            return None
+        if shape == "tensor":
+            pp = given.get("pipeline-parallel-size", 1)
+            tp = given.get("tensor-parallel-size", total // pp if pp and total % pp == 0 else total)
+        else:
+            tp = given.get("tensor-parallel-size", gpus_per_node)
+            pp = given.get("pipeline-parallel-size", n)
+        local = 0
+    world = tp * pp * dp
+    if world != total:
+        problems.append(
+            "%s: tensor_parallel_size %d x pipeline_parallel_size %d x data_parallel_size %d = %d GPUs, but its %d "
+            "node%s x gpus_per_node %d give %d. Make them match: change the instance's nodes or gpus_per_node, or the "
+            "sizes in its options (leave them out to derive them from the shape %s)."
+            % (where, tp, pp, dp, world, n, "" if n == 1 else "s", gpus_per_node, total, shape))
+        return None
+    if "data-parallel-size" in given and shape == "data" and given["data-parallel-size"] != dp:
+        problems.append(
+            "%s: data_parallel_size %d in its options does not match its %d nodes x %d replicas per node (gpus_per_node "
+            "%d / tensor_parallel_size %d) = %d. Leave data_parallel_size out, or change nodes, gpus_per_node or "
+            "tensor_parallel_size." % (where, given["data-parallel-size"], n, local, gpus_per_node, tp, dp))
+        return None
+    if shape in ("tensor", "pipeline") and (tp * pp) % n:
+        problems.append("%s: %d nodes do not divide the world size %d evenly (vLLM's --nnodes must). Change nodes or "
+                        "gpus_per_node." % (where, n, tp * pp))
+        return None
+    return {"tensor_parallel_size": tp, "pipeline_parallel_size": pp, "data_parallel_size": dp,
+            "data_parallel_size_local": local, "world_size": world}
+
+
+def _model_problems(sizes, model_config, where, model):
+    """What vLLM's model config checks would refuse (vllm/config/model.py verify_with_parallel_config, linear.py)."""
+    problems = []
+    config = model_config or {}
+    tp = sizes["tensor_parallel_size"]
+    pp = sizes["pipeline_parallel_size"]
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads")
+    layers = config.get("num_hidden_layers")
+    if isinstance(heads, int) and not isinstance(heads, bool) and heads % tp:
+        problems.append(
+            "%s: %s has %d attention heads, which tensor_parallel_size %d does not divide, so vLLM refuses to start "
+            "(\"must be divisible by tensor parallel size\"). Choose gpus_per_node (or tensor_parallel_size in the "
+            "instance's options) so that it divides %d, or use shape: pipeline." % (where, model, heads, tp, heads))
+    if isinstance(kv_heads, int) and not isinstance(kv_heads, bool) and kv_heads > 0 and tp > 1:
+        if (tp >= kv_heads and tp % kv_heads) or (tp < kv_heads and kv_heads % tp):
+            problems.append(
+                "%s: %s has %d key/value heads; tensor_parallel_size %d must divide them or be a multiple of them, so "
+                "vLLM refuses to start. Change gpus_per_node or tensor_parallel_size in the instance's options."
+                % (where, model, kv_heads, tp))
+    if isinstance(layers, int) and not isinstance(layers, bool) and pp > layers:
+        problems.append(
+            "%s: pipeline_parallel_size %d is larger than the %d layers of %s (num_hidden_layers), so some stages "
+            "would hold no layer. Use fewer nodes or shape: tensor." % (where, pp, layers, model))
+    return problems
+
+
+def _ports(instance):
+    return {
+        "master_port": _int(instance.get("master_port"), DEFAULT_MASTER_PORT),
+        "data_parallel_rpc_port": _int(instance.get("data_parallel_rpc_port"), DEFAULT_DP_RPC_PORT),
+        "ray_port": _int(instance.get("ray_port"), DEFAULT_RAY_PORT),
+    }
+
+
+def _vllm_args(shape, executor, sizes, rank, head_address, ports, nodes, instance):
+    """The arguments after `vllm serve MODEL --config FILE` of the node with this rank ([] for a Ray worker)."""
+    tp = str(sizes["tensor_parallel_size"])
+    pp = str(sizes["pipeline_parallel_size"])
+    head = rank == 0
+    if executor == "ray" and not head:
+        return []
+    args = []
+    if head:
+        args += ["--host", str(instance.get("bind_address") or "0.0.0.0"), "--port", str(instance.get("port"))]
+    if executor == "ray":
+        args += ["--tensor-parallel-size", tp, "--pipeline-parallel-size", pp]
+        if shape == "data":
+            args += ["--data-parallel-size", str(sizes["data_parallel_size"]),
+                     "--data-parallel-size-local", str(sizes["data_parallel_size_local"]),
+                     "--data-parallel-backend", "ray"]
+        return args + ["--distributed-executor-backend", "ray"]
+    if shape == "data":
+        # vLLM's docs (data_parallel_deployment.md): the same sizes, address and RPC port on every node,
+        # --headless and the first rank of the node on the others. The head gets no start rank: with one
+        # and without --headless, vLLM 0.32.0 switches to its hybrid load balancing (serve.py).
+        args += ["--tensor-parallel-size", tp, "--pipeline-parallel-size", pp,
+                 "--data-parallel-size", str(sizes["data_parallel_size"]),
+                 "--data-parallel-size-local", str(sizes["data_parallel_size_local"]),
+                 "--data-parallel-address", head_address,
+                 "--data-parallel-rpc-port", str(ports["data_parallel_rpc_port"])]
+        if not head:
+            args += ["--data-parallel-start-rank", str(rank * sizes["data_parallel_size_local"]), "--headless"]
+        return args
+    # vLLM's Ray-free multi-node mode (parallelism_scaling.md, "Running vLLM with MultiProcessing").
+    args += ["--tensor-parallel-size", tp, "--pipeline-parallel-size", pp,
+             "--distributed-executor-backend", "mp",
+             "--nnodes", str(len(nodes)), "--node-rank", str(rank),
+             "--master-addr", head_address, "--master-port", str(ports["master_port"])]
+    if not head:
+        args.append("--headless")
+    return args
+
+
+def _ray_start(rank, address, head_address, ports):
+    """`ray start` of a node, as examples/ray_serving/run_cluster.sh runs it.
+
+    A worker's Ray stays in the foreground (--block) as its container's process; the head's returns once
+    Ray runs, so that the head's container goes on to `vllm serve` (docs/multinode.md).
+    """
+    if rank == 0:
+        return ["ray", "start", "--head", "--node-ip-address=%s" % address, "--port=%d" % ports["ray_port"]]
+    return ["ray", "start", "--block", "--address=%s:%d" % (head_address, ports["ray_port"]),
+            "--node-ip-address=%s" % address]
+
+
+def _listens(shape, executor, head, ports, address):
+    """The fixed cluster ports a node listens on, with what binds them and to which address."""
+    if executor == "ray":
+        if head:
+            return [{"port": ports["ray_port"], "proto": "tcp", "what": "Ray GCS (ray start --head --port)",
+                     "bound_to": "not pinned by this plan: treat it as all addresses"}]
+        return []
+    if not head:
+        return []
+    if shape == "data":
+        return [{"port": ports["data_parallel_rpc_port"], "proto": "tcp",
+                 "what": "vLLM data parallel handshake (ZMQ, --data-parallel-rpc-port)", "bound_to": address}]
+    return [{"port": ports["master_port"], "proto": "tcp",
+             "what": "torch.distributed TCPStore rendezvous (--master-port)", "bound_to": "all addresses (torch's TCPStore)"}]
+
+
+def vllm_multinode_plan(instance, node_facts, inventory_hosts, model_config=None):
+    """The plan of a multi-node instance: {name, shape, executor, head, head_address, sizes, image, config,
+    start_order, nodes: [per-node plan], problems: [sentences preflight must refuse with]}.
+
+    instance: an entry of vllm_server_instances with nodes (resolved like a single-node one: name, model,
+    port, bind_address, options, image). node_facts: {host: {interfaces: {name: IPv4}, gpus: count,
+    image_digest: sha256:..., platform: cuda|rocm|xpu|cpu}} (missing keys are not checked).
+    inventory_hosts: every inventory hostname (groups['all']). model_config: the model's config.json
+    (num_attention_heads, num_key_value_heads, num_hidden_layers), when known.
+    """
+    if not isinstance(instance, dict):
+        raise AnsibleFilterError("a multi-node instance must be a dictionary, not %r" % (instance,))
+    name = str(instance.get("name", ""))
+    node_facts = node_facts or {}
+    known_hosts = set(str(h) for h in (inventory_hosts or []))
+    problems = []
+    where = "Instance %s" % name
+    raw_nodes = instance.get("nodes")
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise AnsibleFilterError("%s: nodes must be a list of inventory hostnames, not %r" % (where, raw_nodes))
+    nodes = []
+    for host in [str(h) for h in raw_nodes]:
+        if host in nodes:
+            problems.append("%s lists node %s twice in nodes: each host holds one node of an instance. Remove the "
+                            "duplicate from vllm_server_instances[%s].nodes." % (where, host, name))
+            continue
+        if host not in known_hosts:
+            problems.append("%s lists node %s, which is not in the inventory. Add the host to the inventory or fix "
+                            "vllm_server_instances[%s].nodes." % (where, host, name))
+        nodes.append(host)
+    head = str(instance.get("head") or nodes[0])
+    if head not in nodes:
+        problems.append("%s: its head %s is not one of its nodes (%s). Set vllm_server_instances[%s].head to one of "
+                        "them, or leave it out to use the first." % (where, head, ", ".join(nodes), name))
+        head = nodes[0]
+    ordered = [head] + [h for h in nodes if h != head]
+
+    shape = instance.get("shape")
+    executor = instance.get("executor", "mp")
+    if shape not in SHAPES:
+        problems.append("%s: shape must be one of %s (data: replicas for throughput; tensor or pipeline: one model "
+                        "larger than a host), not %r. Set vllm_server_instances[%s].shape."
+                        % (where, ", ".join(SHAPES), shape, name))
+    if executor not in EXECUTORS:
+        problems.append("%s: executor must be mp (vLLM's Ray-free multi-node mode) or ray, not %r. Set "
+                        "vllm_server_instances[%s].executor." % (where, executor, name))
+    gpus_per_node = _int(instance.get("gpus_per_node"))
+    if gpus_per_node is None or gpus_per_node < 1:
+        problems.append("%s: gpus_per_node must be the number of GPUs each node gives the instance (1 or more), not %r. "
+                        "Set vllm_server_instances[%s].gpus_per_node." % (where, instance.get("gpus_per_node"), name))
+    interface = str(instance.get("cluster_interface") or "")
+    if not interface:
+        problems.append("%s: cluster_interface names the network interface its nodes talk to each other over; it is "
+                        "not set. Set vllm_server_instances[%s].cluster_interface (for example the private network's "
+                        "interface, ens5)." % (where, name))
+
+    options = dict((vllm_cli_key(k), v) for k, v in (instance.get("options") or {}).items())
+    for key in sorted(k for k in options if k.split(".", 1)[0] in CLUSTER_OPTIONS):
+        problems.append("%s: %s is set by the multi-node plan from %s; remove it from the instance's options."
+                        % (where, key.replace("-", "_"), CLUSTER_OPTIONS[key.split(".", 1)[0]]))
+
+    # per-node facts: the cluster interface, GPUs, platform, image
+    addresses = {}
+    digests = {}
+    for host in ordered:
+        facts = node_facts.get(host)
+        if facts is None:
+            if host in known_hosts:
+                problems.append("%s: no facts of node %s (unreachable, or not in the play?). Run the play on every "
+                                "node of the instance." % (where, host))
+            continue
+        interfaces = facts.get("interfaces") or {}
+        if interface and interface not in interfaces:
+            problems.append("%s: node %s has no IPv4 address on cluster_interface %s (it has: %s). Set "
+                            "vllm_server_instances[%s].cluster_interface to the interface of the cluster network, "
+                            "the same name on every node." % (where, host, interface,
+                                                              ", ".join(sorted(interfaces)) or "none", name))
+        elif interface:
+            addresses[host] = str(interfaces[interface])
+        gpus = _int(facts.get("gpus"))
+        platform = str(facts.get("platform") or "")
+        if gpus is not None and gpus_per_node and platform != "cpu" and gpus < gpus_per_node:
+            problems.append("%s: node %s has %d GPU%s, fewer than gpus_per_node %d. Lower "
+                            "vllm_server_instances[%s].gpus_per_node or replace the node."
+                            % (where, host, gpus, "" if gpus == 1 else "s", gpus_per_node, name))
+        if executor == "ray" and platform and platform not in RAY_PLATFORMS:
+            problems.append("%s: executor ray on node %s, whose vLLM platform is %s: vLLM runs Ray only on %s "
+                            "(\"current platform %s does not support ray\"). Set vllm_server_instances[%s].executor: mp."
+                            % (where, host, platform, ", ".join(RAY_PLATFORMS), platform, name))
+        if facts.get("image_digest"):
+            digests[host] = str(facts["image_digest"])
+    seen = {}
+    for host, address in addresses.items():
+        if address in seen:
+            problems.append("%s: nodes %s and %s have the same address %s on %s, so they cannot tell each other apart. "
+                            "Give each node its own address on the cluster network."
+                            % (where, seen[address], host, address, interface))
+        seen.setdefault(address, host)
+    if len(set(digests.values())) > 1:
+        problems.append("%s: its nodes run different images (%s); vLLM, torch and Ray must be the same on every node "
+                        "(Ray refuses a \"Version mismatch\"). Pull the same image on every node: pin "
+                        "vllm_server_instances[%s].image to a digest (image@sha256:...)."
+                        % (where, "; ".join("%s %s" % (h, digests[h]) for h in ordered if h in digests), name))
+
+    sizes = None
+    if shape in SHAPES and gpus_per_node and gpus_per_node >= 1:
+        sizes = _sizes(instance, options, ordered, gpus_per_node, where, problems)
+    if sizes:
+        problems.extend(_model_problems(sizes, model_config, where, instance.get("model")))
+
+    head_address = addresses.get(head, "")
+    image = str(instance.get("image") or "")
+    digest = digests.get(head)
+    if image and digest and "@" not in image:
+        image = "%s@%s" % (image, digest)
+    config_options = dict((k, v) for k, v in (instance.get("options") or {}).items()
+                          if vllm_cli_key(k) not in SIZE_KEYS and vllm_cli_key(k).split(".", 1)[0] not in CLUSTER_OPTIONS)
+    served = instance.get("served_model_name") or instance.get("model")
+    plan = {
+        "name": name,
+        "shape": shape,
+        "executor": executor,
+        "head": head,
+        "head_address": head_address,
+        "sizes": sizes,
+        "image": image,
+        "config": dict([("served-model-name", served)] + sorted(vllm_config(config_options).items())),
+        "config_path": "%s/%s.yaml" % (CONTAINER_CONFIGS_DIR, name),
+        "start_order": [],
+        "nodes": [],
+        "problems": problems,
+    }
+    if problems or not sizes or not head_address:
+        return plan
+    ports = _ports(instance)
+    plan["start_order"] = [{"step": "head", "hosts": [head]}, {"step": "workers", "hosts": ordered[1:]}]
+    if executor == "ray":
+        plan["start_order"].append({"step": "server", "hosts": [head]})
+    for rank, host in enumerate(ordered):
+        address = addresses[host]
+        peers = [addresses[h] for h in ordered if h != host]
+        env = {"VLLM_HOST_IP": address,
+               # NCCL reads a list of prefixes ("eth" matches eth0, eth1); "=" asks for this interface only.
+               "NCCL_SOCKET_IFNAME": "=" + interface,
+               "GLOO_SOCKET_IFNAME": interface}
+        node = {
+            "host": host,
+            "role": "head" if rank == 0 else "worker",
+            "rank": rank,
+            "address": address,
+            "start_order": 0 if rank == 0 else 1,
+            "serves_api": rank == 0,
+            "network_mode": "host",
+            # One rank cannot rejoin a running torch.distributed group or Ray placement: Docker must not restart
+            # a node alone; the role brings the whole instance down and up (docs/multinode.md).
+            "restart_policy": "no",
+            "env": env,
+            "vllm_args": _vllm_args(shape, executor, sizes, rank, head_address, ports, ordered, instance),
+            "ray_start": _ray_start(rank, address, head_address, ports) if executor == "ray" else [],
+            "listens": _listens(shape, executor, rank == 0, ports, address),
+            # Gloo, NCCL, vLLM's ZMQ queues and Ray's workers also use ports the kernel picks: the firewall
+            # accepts the peers' cluster addresses on the cluster interface, not a port list.
+            "firewall": {"interface": interface, "accept_from": peers},
+        }
+        plan["nodes"].append(node)
+    return plan
+
+
+def vllm_multinode_node(plan, host):
+    """The plan of one node (host) of a multi-node plan, or {} when the host is not one of its nodes."""
+    for node in (plan or {}).get("nodes") or []:
+        if node.get("host") == host:
+            return node
+    return {}
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            "vllm_is_multinode": vllm_is_multinode,
+            "vllm_node_interfaces": vllm_node_interfaces,
+            "vllm_multinode_plan": vllm_multinode_plan,
+            "vllm_multinode_node": vllm_multinode_node,
+        }
