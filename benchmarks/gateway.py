@@ -10,9 +10,6 @@ two or more cores the benchmark keeps them apart the same way: the vLLM server o
 --cpuset-cpus, VLLM_CPU_OMP_THREADS_BIND), HAProxy and the load generator on the others; without
 that, vLLM's OpenMP threads spin on every core and the gateway waits for a core, which measures
 the machine's scheduler rather than the gateway. LLMOPS_BENCH_PIN=0 turns the pinning off.
-The load comes from Python's http.client, one kept-alive connection per thread, because the client
-shares its core with HAProxy; LLMOPS_BENCH_CLIENT=openai uses the openai client instead, which does
-more work per request on that core.
 Rounds alternate (direct, gateway, direct, ...; LLMOPS_BENCH_ROUNDS each, default 4); the figures
 are the medians over the rounds, and the added p50 is the median of the per-round differences.
 """
@@ -36,9 +33,6 @@ from vllm_testbed import API_KEY, VllmContainer  # noqa: E402
 CONCURRENCY = int(os.environ.get("LLMOPS_BENCH_CONCURRENCY", "4"))
 COUNT = int(os.environ.get("LLMOPS_BENCH_COUNT", "60"))
 ROUNDS = int(os.environ.get("LLMOPS_BENCH_ROUNDS", "4"))
-# "http": Python's http.client, one kept-alive connection per thread (light: the client's own CPU
-# time stays small next to HAProxy's, which share the non-vLLM cores); "openai": the openai client
-CLIENT = os.environ.get("LLMOPS_BENCH_CLIENT", "http")
 PIN = os.environ.get("LLMOPS_BENCH_PIN", "1") == "1" and len(os.sched_getaffinity(0)) >= 2
 GATEWAY_KEY = "llmops-bench-gateway-key"
 
@@ -93,7 +87,7 @@ def render_gateway(directory, backend_port, port, stats_port):
 
 def measure(base_url, key):
     load = Load(base_url, key, ["tiny-chat"], concurrency=CONCURRENCY, count=COUNT, seconds=600, max_tokens=8,
-                stream_every=0, client=CLIENT)
+                stream_every=0)
     return load.start().wait()
 
 
@@ -134,8 +128,8 @@ def main():
         ratio = 100.0 * median([g["requests_per_s"] / d["requests_per_s"]
                                 for d, g in zip(rounds["direct"], rounds["gateway"])])
         print("concurrency %d, %d non-streaming requests (max_tokens 8) per round, %d rounds each, alternating, "
-              "%s client, tiny-chat on the vLLM CPU image; %s" % (
-                  CONCURRENCY, COUNT, ROUNDS, CLIENT,
+              "tiny-chat on the vLLM CPU image; %s" % (
+                  CONCURRENCY, COUNT, ROUNDS,
                   "vLLM on CPU %d, HAProxy and the client on CPU %s" % (cpus[0], ",".join(map(str, cpus[1:])))
                   if PIN else "nothing pinned"))
         print("| path | sent | failed | p50 latency (median of rounds) | requests/s (median of rounds) |")

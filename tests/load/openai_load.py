@@ -9,13 +9,11 @@ was sent, what failed and the p50/p99 latency. Only for the test hosts of this r
 """
 
 import argparse
-import http.client
 import json
 import statistics
 import sys
 import threading
 import time
-import urllib.parse
 
 import openai
 
@@ -31,13 +29,7 @@ class Load(object):
     """Runs the workers in threads; start() returns at once, wait() joins them and returns the summary."""
 
     def __init__(self, base_url, api_key, models, concurrency=4, count=100, seconds=60.0, max_tokens=16,
-                 stream_every=2, timeout=120.0, client="openai"):
-        # client "openai": the real openai client (what users run); "http": Python's http.client on one
-        # kept-alive connection per thread, non-streaming only, for benchmarks where the client's own CPU
-        # time must stay small next to what is measured
-        if client not in ("openai", "http") or (client == "http" and stream_every):
-            raise ValueError("client is openai, or http with stream_every=0")
-        self.client = client
+                 stream_every=2, timeout=120.0):
         self.base_url, self.api_key, self.models = base_url, api_key, list(models)
         self.concurrency, self.count, self.seconds = concurrency, count, seconds
         self.max_tokens, self.stream_every, self.timeout = max_tokens, stream_every, timeout
@@ -81,28 +73,8 @@ class Load(object):
                 raise RuntimeError("a reply without a finished choice")
         return model, stream
 
-    def _one_http(self, connection, number):
-        model = self.models[number % len(self.models)]
-        body = json.dumps({"model": model, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "user", "content": "Count to five, request %d." % number}]})
-        connection.request("POST", self.path + "/chat/completions", body=body, headers={
-            "Authorization": "Bearer " + self.api_key, "Content-Type": "application/json"})
-        response = connection.getresponse()
-        data = response.read()
-        if response.status != 200:
-            raise RuntimeError("HTTP %d: %s" % (response.status, data[:200]))
-        reply = json.loads(data)
-        if not reply.get("choices") or reply["choices"][0].get("finish_reason") is None:
-            raise RuntimeError("a reply without a finished choice")
-        return model, False
-
     def _worker(self):
-        if self.client == "http":
-            url = urllib.parse.urlsplit(self.base_url)
-            self.path = url.path.rstrip("/")
-            client = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=self.timeout)
-        else:
-            client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout)
+        client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout)
         while True:
             number = self._next()
             if number is None:
@@ -110,11 +82,9 @@ class Load(object):
             start = time.monotonic()
             ok, error, model, stream = True, None, self.models[number % len(self.models)], None
             try:
-                model, stream = self._one_http(client, number) if self.client == "http" else self._one(client, number)
+                model, stream = self._one(client, number)
             except Exception as exc:  # every failure counts, whatever raised it
                 ok, error = False, "%s: %s" % (type(exc).__name__, str(exc)[:200])
-                if self.client == "http":
-                    client.close()  # a broken connection is not used again
             end = time.monotonic()
             with self.lock:
                 self.in_flight -= 1
