@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import testinfra
 
-from llmops_testlib import TEST_API_KEY, image_compressed_size, run_playbook, upstream_blob_bytes, verify
+from llmops_testlib import TEST_API_KEY, image_blob_sizes, run_playbook, upstream_blob_bytes, verify
 
 OPS = "llmops-fleet-ops"
 GPU_HOSTS = ["llmops-fleet-gpu1", "llmops-fleet-gpu2", "llmops-fleet-gpu3"]
@@ -20,6 +20,7 @@ SERVED = {
     "llmops-fleet-gpu3": {8000: "tiny-chat"},
 }
 UPSTREAM = "llmops-registry"
+READ_AHEAD_PER_BLOB = 8 * 1024 * 1024
 IMAGE_REPOSITORY, IMAGE_TAG = "vllm/vllm-openai-cpu", "v0.32.0-x86_64"
 
 
@@ -70,9 +71,16 @@ def test_the_upstream_served_the_image_once_for_the_whole_fleet():
     Distribution 2.8's stopped stream reads ahead, about a megabyte a blob: see registry_prefetch),
     and no GPU host fetched anything from upstream."""
     sent = upstream_blob_bytes(fleet_created(), UPSTREAM)
-    size = image_compressed_size(IMAGE_REPOSITORY, IMAGE_TAG)
+    blobs = image_blob_sizes(IMAGE_REPOSITORY, IMAGE_TAG)
+    size = sum(blobs)
+    # The read-ahead of the probe stream registry_prefetch hangs up on is what the sockets and
+    # Distribution's copy buffer hold when the hang-up arrives: 1.3 MB a blob seen with a 50 MB
+    # blob, 10 MB over this image's 6 blobs (1.012x) in one fleet run. Bounded here at 8 MiB a blob
+    # (never more than the blob): any blob of this image above 8 MiB fetched a second time fails.
+    read_ahead = sum(min(blob, READ_AHEAD_PER_BLOB) for blob in blobs)
     cache = sent.get(address(OPS), 0)
-    assert size <= cache <= size * 1.01, "the cache host got %d bytes of a %d-byte image (%.3fx): %r" % (cache, size, cache / size, sent)
+    assert size <= cache <= size + read_ahead, "the cache host got %d bytes of a %d-byte image (%.3fx, at most %d over): %r" % (
+        cache, size, cache / size, read_ahead, sent)
     for name in GPU_HOSTS:
         assert sent.get(address(name), 0) == 0, "%s pulled from upstream directly: %r" % (name, sent)
 

@@ -149,12 +149,17 @@ def upstream_blob_bytes(since, registry="llmops-registry"):
     return sent
 
 
-def image_compressed_size(repository, tag, registry="http://127.0.0.1:5000"):
-    """Bytes of an image's config and layers in the test registry: what one pull transfers."""
+def image_blob_sizes(repository, tag, registry="http://127.0.0.1:5000"):
+    """Bytes of each blob (config, then layers) of an image in the test registry."""
     import urllib.request
 
     request = urllib.request.Request("%s/v2/%s/manifests/%s" % (registry, repository, tag), headers={"Accept": ", ".join([
         "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"])})
     with urllib.request.urlopen(request, timeout=10) as response:
         manifest = json.load(response)
-    return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+    return [manifest["config"]["size"]] + [layer["size"] for layer in manifest["layers"]]
+
+
+def image_compressed_size(repository, tag, registry="http://127.0.0.1:5000"):
+    """Bytes of an image's config and layers in the test registry: what one pull transfers."""
+    return sum(image_blob_sizes(repository, tag, registry))
