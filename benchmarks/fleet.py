@@ -38,7 +38,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "molecule", "resources", "tests"))
-from llmops_testlib import image_compressed_size, upstream_blob_bytes  # noqa: E402
+from llmops_testlib import image_compressed_size, model_snapshot_bytes, upstream_blob_bytes  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 NETWORK = "llmops-test"
@@ -91,13 +91,6 @@ def inventory(directory, gpu_hosts, cache_host):
 
 
 HF_HUB = os.path.join(ROOT, "tests", "doubles", "hf-hub")
-MODEL = os.path.join(ROOT, ".cache", "models", "hub", "models--llmops-test--tiny-chat", "snapshots")
-
-
-def model_size():
-    """Bytes of the files of the fleet's model (llmops-test/tiny-chat) as the hub serves them."""
-    revision = os.path.join(MODEL, os.listdir(MODEL)[0])
-    return sum(os.path.getsize(os.path.join(revision, f)) for f in os.listdir(revision))
 
 
 def playbook(inventory_dir, playbook_path, forks, extra=(), control_dir=None):
@@ -149,7 +142,8 @@ def main():
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     image = image_compressed_size(IMAGE_REPOSITORY, IMAGE_TAG)
-    model = model_size()
+    # the fleet's model (llmops-test/tiny-chat) as the hub stand-in serves it
+    _, model = model_snapshot_bytes(os.path.join(ROOT, ".cache", "models", "hub"), "llmops-test/tiny-chat")
     sh(HF_HUB, "up")
     rows = []
     try:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import testinfra
 
-from llmops_testlib import TEST_API_KEY, image_blob_sizes, run_playbook, upstream_blob_bytes, verify
+from llmops_testlib import TEST_API_KEY, image_blob_sizes, model_snapshot_bytes, run_playbook, upstream_blob_bytes, verify
 
 OPS = "llmops-fleet-ops"
 GPU_HOSTS = ["llmops-fleet-gpu1", "llmops-fleet-gpu2", "llmops-fleet-gpu3"]
@@ -68,7 +68,7 @@ def test_the_cache_runs_from_the_distribution_package_with_metrics():
 
 def test_the_upstream_served_the_image_once_for_the_whole_fleet():
     """From the upstream's own request log: the cache host fetched each blob once (plus what
-    Distribution 2.8's stopped stream reads ahead, about a megabyte a blob: see registry_prefetch),
+    Distribution 2.8's stopped stream reads ahead, at most 8 MiB a blob: see registry_prefetch),
     and no GPU host fetched anything from upstream."""
     sent = upstream_blob_bytes(fleet_created(), UPSTREAM)
     blobs = image_blob_sizes(IMAGE_REPOSITORY, IMAGE_TAG)
@@ -106,9 +106,7 @@ def test_each_model_came_from_the_hub_once_for_the_whole_fleet():
     node), and each host holds a checked copy in its Hugging Face cache."""
     root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     stats = json.loads(subprocess.check_output([os.path.join(root, "tests", "doubles", "hf-hub"), "stats"], text=True))
-    snapshot = os.path.join(root, ".cache", "models", "hub", "models--llmops-test--tiny-chat", "snapshots")
-    revision = os.listdir(snapshot)[0]
-    model_bytes = sum(os.path.getsize(os.path.join(snapshot, revision, f)) for f in os.listdir(os.path.join(snapshot, revision)))
+    revision, model_bytes = model_snapshot_bytes(os.path.join(root, ".cache", "models", "hub"), "llmops-test/tiny-chat")
     assert stats["bytes_served"] == model_bytes, stats
     for name in GPU_HOSTS:
         host = fleet_host(name)

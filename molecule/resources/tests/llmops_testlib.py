@@ -163,3 +163,14 @@ def image_blob_sizes(repository, tag, registry="http://127.0.0.1:5000"):
 def image_compressed_size(repository, tag, registry="http://127.0.0.1:5000"):
     """Bytes of an image's config and layers in the test registry: what one pull transfers."""
     return sum(image_blob_sizes(repository, tag, registry))
+
+
+def model_snapshot_bytes(hub_dir, repo_id):
+    """(revision, bytes) of the one snapshot of a model in a Hugging Face cache directory: the
+    files the hub serves for it."""
+    import os
+
+    snapshots = os.path.join(hub_dir, "models--" + repo_id.replace("/", "--"), "snapshots")
+    revision = os.listdir(snapshots)[0]
+    folder = os.path.join(snapshots, revision)
+    return revision, sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
