@@ -24,7 +24,13 @@ upstream bytes with the cache 1.0x the image whatever N, no-op t(N)/t(1) <= 1.3.
 Not a test: the numbers depend on the machine, and every vLLM server of the run shares it.
 Run it with `make bench-fleet` (after `make testbed`); N=4 holds about 10 GiB of memory.
 
-Usage: benchmarks/fleet.py [--sizes 1,2,4] [--modes cache,direct] [--json FILE]
+With --compare-docker-role DIR (a checkout of geerlingguy.docker, the most-used community Docker
+role; Ansible Galaxy is out of reach here, so it is never fetched by this script), the converged
+host of the first cache run also measures, alternating ROUNDS (3) times: a no-op run of that role
+alone (its distribution-package path: docker_add_repo false, docker_packages [docker.io]), of this
+collection's docker role alone, and of the whole site.yml; it prints the medians and the ratios.
+
+Usage: benchmarks/fleet.py [--sizes 1,2,4] [--modes cache,direct] [--compare-docker-role DIR] [--json FILE]
 """
 
 import argparse
@@ -38,7 +44,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "molecule", "resources", "tests"))
-from llmops_testlib import image_compressed_size, model_snapshot_bytes, upstream_blob_bytes  # noqa: E402
+from llmops_testlib import image_blob_sizes, model_snapshot_bytes, upstream_blob_bytes  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 NETWORK = "llmops-test"
@@ -110,7 +116,61 @@ def playbook(inventory_dir, playbook_path, forks, extra=(), control_dir=None):
     return elapsed, changed
 
 
-def run(mode, n):
+COMPARE_ROUNDS = 3
+DOCKER_ONLY = """- name: This collection's docker role alone
+  hosts: gpu_hosts
+  become: true
+  gather_facts: true
+  gather_subset: [min]
+  roles:
+    - llmops.vllm.docker
+"""
+GEERLINGGUY = """- name: geerlingguy.docker alone, its distribution-package path
+  hosts: gpu_hosts
+  become: true
+  vars:
+    docker_add_repo: false
+    docker_packages: [docker.io]
+    docker_obsolete_packages: []
+    docker_install_compose_plugin: false
+  roles:
+    - geerlingguy.docker
+"""
+
+
+def median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2.0
+
+
+def compare_docker_roles(inv, tmp, forks, role_dir):
+    """No-op runs on the converged fleet, alternating: geerlingguy.docker, the docker role, site.yml."""
+    roles = os.path.join(tmp, "roles")
+    os.makedirs(roles)
+    os.symlink(os.path.abspath(role_dir), os.path.join(roles, "geerlingguy.docker"))
+    books = {}
+    for name, text in (("geerlingguy.docker", GEERLINGGUY), ("docker role", DOCKER_ONLY)):
+        books[name] = os.path.join(tmp, name.replace(" ", "-") + ".yml")
+        with open(books[name], "w") as f:
+            f.write(text)
+    books["site.yml"] = os.path.join(ROOT, "site.yml")
+    times = dict((name, []) for name in books)
+    changed = dict((name, []) for name in books)
+    os.environ["ANSIBLE_ROLES_PATH"] = roles
+    try:
+        for _ in range(COMPARE_ROUNDS):
+            for name, book in books.items():
+                elapsed, ch = playbook(inv, book, forks, control_dir=tmp)
+                times[name].append(elapsed)
+                changed[name].append(ch)
+    finally:
+        del os.environ["ANSIBLE_ROLES_PATH"]
+    return dict((name, {"median_s": round(median(times[name]), 1), "runs_s": [round(t, 1) for t in times[name]],
+                        "changed": changed[name]}) for name in books)
+
+
+def run(mode, n, compare_role=None):
     remove_hosts()
     gpu_hosts = ["%sgpu%d" % (PREFIX, i) for i in range(1, n + 1)]
     cache_host = PREFIX + "cache" if mode == "cache" else None
@@ -126,30 +186,40 @@ def run(mode, n):
         cold, _ = playbook(inv, os.path.join(ROOT, "site.yml"), forks, control_dir=tmp)
         noop, changed = playbook(inv, os.path.join(ROOT, "site.yml"), forks, control_dir=tmp)
         hub = json.loads(sh(HF_HUB, "stats"))["bytes_served"]
+        compared = compare_docker_roles(inv, tmp, forks, compare_role) if compare_role else None
     sent = upstream_blob_bytes(since, UPSTREAM)
     addresses = dict((address(h), h) for h in gpu_hosts + ([cache_host] if cache_host else []))
     upstream = sum(v for k, v in sent.items() if k in addresses)
     remove_hosts()
     return {"mode": mode, "n": n, "cold_s": round(cold, 1), "noop_s": round(noop, 1), "noop_changed": changed,
-            "upstream_bytes": upstream, "hub_bytes": hub}
+            "upstream_bytes": upstream, "hub_bytes": hub, "compared": compared}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,2,4")
     parser.add_argument("--modes", default="cache,direct")
+    parser.add_argument("--compare-docker-role", metavar="DIR",
+                        help="a checkout of geerlingguy.docker, to compare no-op runs on one converged host")
     parser.add_argument("--json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    image = image_compressed_size(IMAGE_REPOSITORY, IMAGE_TAG)
+    blobs = image_blob_sizes(IMAGE_REPOSITORY, IMAGE_TAG)
+    image = sum(blobs)
+    # the cache's prefetch may read up to 8 MiB of a blob ahead before an aborted stream is retried
+    # (docs/fleet.md, test_fleet.py's upstream bytes test): the most it can take over the image's size
+    read_ahead = sum(min(blob, 8 * 1024 * 1024) for blob in blobs)
     # the fleet's model (llmops-test/tiny-chat) as the hub stand-in serves it
     _, model = model_snapshot_bytes(os.path.join(ROOT, ".cache", "models", "hub"), "llmops-test/tiny-chat")
     sh(HF_HUB, "up")
     rows = []
+    compared = None
     try:
         for mode in args.modes.split(","):
             for n in sizes:
-                row = run(mode, n)
+                compare = args.compare_docker_role if mode == "cache" and n == sizes[0] and not compared else None
+                row = run(mode, n, compare)
+                compared = compared or row["compared"]
                 rows.append(row)
                 print("%-6s N=%d  cold %6.1f s  no-op %5.1f s (changed=%d)  upstream %.2f GB  hub %d B" % (
                     mode, n, row["cold_s"], row["noop_s"], row["noop_changed"], row["upstream_bytes"] / 1e9,
@@ -164,23 +234,35 @@ def main():
     for row in rows:
         base = [r for r in rows if r["mode"] == row["mode"] and r["n"] == min(sizes)][0]
         row["noop_ratio"] = round(row["noop_s"] / base["noop_s"], 2)
-        row["upstream_ratio"] = round(row["upstream_bytes"] / image, 2)
+        row["upstream_ratio"] = round(row["upstream_bytes"] / image, 3)
         row["hub_ratio"] = round(row["hub_bytes"] / model, 2)
-        print("%-6s %3d %8.1f %8.1f %12.2f %13.2fx %10.2fx" % (row["mode"], row["n"], row["cold_s"], row["noop_s"],
+        print("%-6s %3d %8.1f %8.1f %12.2f %13.3fx %10.2fx" % (row["mode"], row["n"], row["cold_s"], row["noop_s"],
                                                               row["noop_ratio"], row["upstream_ratio"], row["hub_ratio"]))
     print()
     cache = [r for r in rows if r["mode"] == "cache"]
     if cache:
-        print("goal: upstream bytes with the cache = 1.0x the image for every N: %s" % (
-            "met" if all(r["upstream_ratio"] == 1.0 for r in cache) else "NOT met"))
+        print("goal: upstream bytes with the cache = 1.0x the image for every N (at most %.3fx with the read-ahead "
+              "of docs/fleet.md): %s" % ((image + read_ahead) / image, "met" if all(
+                  image <= r["upstream_bytes"] <= image + read_ahead for r in cache) else "NOT met"))
         worst = max(r["noop_ratio"] for r in cache)
         print("goal: no-op t(N)/t(1) <= 1.3 with the cache: %s (worst %.2f)" % ("met" if worst <= 1.3 else "NOT met", worst))
     print("goal: hub bytes = 1.0x the model for every N: %s" % (
         "met" if all(r["hub_ratio"] == 1.0 for r in rows) else "NOT met"))
     print("goal: a no-op run reports changed=0: %s" % ("met" if all(r["noop_changed"] == 0 for r in rows) else "NOT met"))
+    if compared:
+        print()
+        print("no-op runs on one converged host (N=%d, cache), %d alternating rounds:" % (sizes[0], COMPARE_ROUNDS))
+        base = compared["geerlingguy.docker"]["median_s"]
+        for name, r in compared.items():
+            print("  %-20s median %5.1f s  (%s)  changed=%s  %.2fx geerlingguy.docker" % (
+                name, r["median_s"], ", ".join("%.1f" % t for t in r["runs_s"]), r["changed"], r["median_s"] / base))
+        print("goal: a no-op site.yml costs no more than a no-op geerlingguy.docker: %s" % (
+            "met" if compared["site.yml"]["median_s"] <= base else "NOT met"))
+    else:
+        print("no-op site.yml against geerlingguy.docker: not measured (pass --compare-docker-role DIR)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"image_bytes": image, "model_bytes": model, "runs": rows}, f, indent=2)
+            json.dump({"image_bytes": image, "model_bytes": model, "runs": rows, "compared": compared}, f, indent=2)
 
 
 if __name__ == "__main__":
