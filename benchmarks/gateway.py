@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Gateway overhead, in one run: the same vLLM CPU server (tiny-chat) measured directly and through
-the gateway role's HAProxy on loopback, at a fixed concurrency. Prints the p50 latency of both,
-the p50 the gateway adds and the throughput ratio (through the gateway / direct).
+the gateway role's HAProxy on loopback, at fixed concurrencies (LLMOPS_BENCH_CONCURRENCY, default
+1 and 4). Prints the p50 latency of both, the p50 the gateway adds and the throughput ratio
+(through the gateway / direct).
 
     make bench-gateway          (runs: .venv/bin/python benchmarks/gateway.py)
 
@@ -43,7 +44,9 @@ from openai_load import Load  # noqa: E402
 import raw_load  # noqa: E402
 from vllm_testbed import API_KEY, VllmContainer  # noqa: E402
 
-CONCURRENCY = int(os.environ.get("LLMOPS_BENCH_CONCURRENCY", "4"))
+# the vLLM part runs at each of these; the static part at the largest
+CONCURRENCIES = [int(c) for c in os.environ.get("LLMOPS_BENCH_CONCURRENCY", "1,4").split(",")]
+CONCURRENCY = max(CONCURRENCIES)
 COUNT = int(os.environ.get("LLMOPS_BENCH_COUNT", "300"))
 CLIENTS = os.environ.get("LLMOPS_BENCH_CLIENTS", "raw,openai").split(",")
 ROUNDS = int(os.environ.get("LLMOPS_BENCH_ROUNDS", "8"))
@@ -174,10 +177,10 @@ def render_gateway(directory, backend_port, port, stats_port, gateway_vars=None)
     return directory + "/haproxy.cfg"
 
 
-def measure(client, base_url, key):
+def measure(client, concurrency, base_url, key):
     if client == "raw":
-        return raw_load.run(base_url, key, "tiny-chat", concurrency=CONCURRENCY, count=COUNT, max_tokens=8)
-    load = Load(base_url, key, ["tiny-chat"], concurrency=CONCURRENCY, count=COUNT, seconds=600, max_tokens=8,
+        return raw_load.run(base_url, key, "tiny-chat", concurrency=concurrency, count=COUNT, max_tokens=8)
+    load = Load(base_url, key, ["tiny-chat"], concurrency=concurrency, count=COUNT, seconds=600, max_tokens=8,
                 stream_every=0)
     return load.start().wait()
 
@@ -205,18 +208,18 @@ def main():
         wait_ready("http://127.0.0.1:%d/stats" % stats, time.time() + 30)
         time.sleep(3)  # the first health checks pass (rise 2 x inter 2 s... servers start UP)
         # warm-up, then for each client direct and gateway alternately, ROUNDS each
-        measure("raw", server.url + "/v1", API_KEY)
+        measure("raw", CONCURRENCY, server.url + "/v1", API_KEY)
         failed = 0
-        print("concurrency %d, %d non-streaming requests (max_tokens 8) per round, %d rounds each, alternating, "
+        print("%d non-streaming requests (max_tokens 8) per round, %d rounds each, alternating, "
               "tiny-chat on the vLLM CPU image; %s" % (
-                  CONCURRENCY, COUNT, ROUNDS,
+                  COUNT, ROUNDS,
                   "vLLM on CPU %d, HAProxy and the client on CPU %s" % (cpus[0], ",".join(map(str, cpus[1:])))
                   if PIN else "nothing pinned"))
-        for client in CLIENTS:
+        for client, concurrency in [(c, n) for c in CLIENTS for n in CONCURRENCIES]:
             rounds = {"direct": [], "gateway": []}
             for _ in range(ROUNDS):
-                rounds["direct"].append(measure(client, server.url + "/v1", API_KEY))
-                rounds["gateway"].append(measure(client, "http://127.0.0.1:%d/v1" % port, GATEWAY_KEY))
+                rounds["direct"].append(measure(client, concurrency, server.url + "/v1", API_KEY))
+                rounds["gateway"].append(measure(client, concurrency, "http://127.0.0.1:%d/v1" % port, GATEWAY_KEY))
             rows = {}
             for name, results in rounds.items():
                 rows[name] = {"p50_ms": 1000 * median([r["p50_s"] for r in results]),
@@ -227,7 +230,7 @@ def main():
             ratio = 100.0 * median([g["requests_per_s"] / d["requests_per_s"]
                                     for d, g in zip(rounds["direct"], rounds["gateway"])])
             print()
-            print("client: %s" % CLIENT_NAMES[client])
+            print("client: %s; concurrency %d" % (CLIENT_NAMES[client], concurrency))
             print("| path | sent | failed | p50 latency (median of rounds) | requests/s (median of rounds) |")
             print("|---|---|---|---|---|")
             for name in ("direct", "gateway"):
