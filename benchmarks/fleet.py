@@ -41,10 +41,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "molecule", "resources", "tests"))
-from llmops_testlib import image_blob_sizes, model_snapshot_bytes, upstream_blob_bytes  # noqa: E402
+from llmops_testlib import cache_read_ahead, image_blob_sizes, model_snapshot_bytes, upstream_blob_bytes  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 NETWORK = "llmops-test"
@@ -99,12 +100,14 @@ def inventory(directory, gpu_hosts, cache_host):
 HF_HUB = os.path.join(ROOT, "tests", "doubles", "hf-hub")
 
 
-def playbook(inventory_dir, playbook_path, forks, extra=(), control_dir=None):
+def playbook(inventory_dir, playbook_path, forks, extra=(), control_dir=None, roles_path=None):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     if control_dir:
         # the fleet inventory keeps the control node's model cache under $MOLECULE_EPHEMERAL_DIRECTORY/hub
         env["MOLECULE_EPHEMERAL_DIRECTORY"] = control_dir
+    if roles_path:
+        env["ANSIBLE_ROLES_PATH"] = roles_path
     start = time.monotonic()
     result = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", inventory_dir, "-f", str(forks), playbook_path, *extra],
                             capture_output=True, text=True, env=env, cwd=ROOT)
@@ -138,12 +141,6 @@ GEERLINGGUY = """- name: geerlingguy.docker alone, its distribution-package path
 """
 
 
-def median(values):
-    values = sorted(values)
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2.0
-
-
 def compare_docker_roles(inv, tmp, forks, role_dir):
     """No-op runs on the converged fleet, alternating: geerlingguy.docker, the docker role, site.yml."""
     roles = os.path.join(tmp, "roles")
@@ -157,15 +154,11 @@ def compare_docker_roles(inv, tmp, forks, role_dir):
     books["site.yml"] = os.path.join(ROOT, "site.yml")
     times = dict((name, []) for name in books)
     changed = dict((name, []) for name in books)
-    os.environ["ANSIBLE_ROLES_PATH"] = roles
-    try:
-        for _ in range(COMPARE_ROUNDS):
-            for name, book in books.items():
-                elapsed, ch = playbook(inv, book, forks, control_dir=tmp)
-                times[name].append(elapsed)
-                changed[name].append(ch)
-    finally:
-        del os.environ["ANSIBLE_ROLES_PATH"]
+    for _ in range(COMPARE_ROUNDS):
+        for name, book in books.items():
+            elapsed, ch = playbook(inv, book, forks, control_dir=tmp, roles_path=roles)
+            times[name].append(elapsed)
+            changed[name].append(ch)
     return dict((name, {"median_s": round(median(times[name]), 1), "runs_s": [round(t, 1) for t in times[name]],
                         "changed": changed[name]}) for name in books)
 
@@ -206,9 +199,8 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     blobs = image_blob_sizes(IMAGE_REPOSITORY, IMAGE_TAG)
     image = sum(blobs)
-    # the cache's prefetch may read up to 8 MiB of a blob ahead before an aborted stream is retried
-    # (docs/fleet.md, test_fleet.py's upstream bytes test): the most it can take over the image's size
-    read_ahead = sum(min(blob, 8 * 1024 * 1024) for blob in blobs)
+    # what the cache may fetch over the image's size (docs/fleet.md, test_fleet.py's upstream bytes test)
+    read_ahead = cache_read_ahead(blobs)
     # the fleet's model (llmops-test/tiny-chat) as the hub stand-in serves it
     _, model = model_snapshot_bytes(os.path.join(ROOT, ".cache", "models", "hub"), "llmops-test/tiny-chat")
     sh(HF_HUB, "up")
@@ -217,9 +209,8 @@ def main():
     try:
         for mode in args.modes.split(","):
             for n in sizes:
-                compare = args.compare_docker_role if mode == "cache" and n == sizes[0] and not compared else None
-                row = run(mode, n, compare)
-                compared = compared or row["compared"]
+                row = run(mode, n, args.compare_docker_role if (mode, n) == ("cache", sizes[0]) else None)
+                compared = row["compared"] or compared
                 rows.append(row)
                 print("%-6s N=%d  cold %6.1f s  no-op %5.1f s (changed=%d)  upstream %.2f GB  hub %d B" % (
                     mode, n, row["cold_s"], row["noop_s"], row["noop_changed"], row["upstream_bytes"] / 1e9,

@@ -14,7 +14,7 @@ the machine's scheduler rather than the gateway. LLMOPS_BENCH_PIN=0 turns the pi
 Rounds alternate (direct, gateway, direct, ...; LLMOPS_BENCH_ROUNDS each, default 8); the figures
 are the medians over the rounds, and the added p50 is the median of the per-round differences.
 Two load generators run in the same invocation (LLMOPS_BENCH_CLIENTS, default "raw,openai"): the
-light one of benchmarks/raw_load.py (keep-alive HTTP/1.1 in one asyncio thread), which leaves the
+light one of tests/load/raw_load.py (keep-alive HTTP/1.1 in one asyncio thread), which leaves the
 gateway's core to the gateway, and the real `openai` client in threads, whose own CPU time competes
 with HAProxy for that core on a two-core machine. Both send the same non-streaming requests.
 
@@ -34,11 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "load"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from openai_load import Load  # noqa: E402
 import raw_load  # noqa: E402
@@ -52,14 +52,8 @@ CLIENTS = os.environ.get("LLMOPS_BENCH_CLIENTS", "raw,openai").split(",")
 ROUNDS = int(os.environ.get("LLMOPS_BENCH_ROUNDS", "8"))
 PIN = os.environ.get("LLMOPS_BENCH_PIN", "1") == "1" and len(os.sched_getaffinity(0)) >= 2
 GATEWAY_KEY = "llmops-bench-gateway-key"
-CLIENT_NAMES = {"raw": "raw (benchmarks/raw_load.py: keep-alive HTTP/1.1 connections in one asyncio thread)",
+CLIENT_NAMES = {"raw": "raw (tests/load/raw_load.py: keep-alive HTTP/1.1 connections in one asyncio thread)",
                 "openai": "openai (the openai package, one thread per connection, as tests/load/openai_load.py)"}
-
-
-def median(values):
-    values = sorted(values)
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2.0
 
 
 def free_port():

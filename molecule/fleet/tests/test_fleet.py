@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import testinfra
 
-from llmops_testlib import TEST_API_KEY, image_blob_sizes, model_snapshot_bytes, run_playbook, upstream_blob_bytes, verify
+from llmops_testlib import TEST_API_KEY, cache_read_ahead, image_blob_sizes, model_snapshot_bytes, run_playbook, upstream_blob_bytes, verify
 
 OPS = "llmops-fleet-ops"
 GPU_HOSTS = ["llmops-fleet-gpu1", "llmops-fleet-gpu2", "llmops-fleet-gpu3"]
@@ -20,7 +20,6 @@ SERVED = {
     "llmops-fleet-gpu3": {8000: "tiny-chat"},
 }
 UPSTREAM = "llmops-registry"
-READ_AHEAD_PER_BLOB = 8 * 1024 * 1024
 IMAGE_REPOSITORY, IMAGE_TAG = "vllm/vllm-openai-cpu", "v0.32.0-x86_64"
 
 
@@ -77,7 +76,7 @@ def test_the_upstream_served_the_image_once_for_the_whole_fleet():
     # Distribution's copy buffer hold when the hang-up arrives: 1.3 MB a blob seen with a 50 MB
     # blob, 10 MB over this image's 6 blobs (1.012x) in one fleet run. Bounded here at 8 MiB a blob
     # (never more than the blob): any blob of this image above 8 MiB fetched a second time fails.
-    read_ahead = sum(min(blob, READ_AHEAD_PER_BLOB) for blob in blobs)
+    read_ahead = cache_read_ahead(blobs)
     cache = sent.get(address(OPS), 0)
     assert size <= cache <= size + read_ahead, "the cache host got %d bytes of a %d-byte image (%.3fx, at most %d over): %r" % (
         cache, size, cache / size, read_ahead, sent)

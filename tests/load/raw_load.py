@@ -11,10 +11,7 @@ import json
 import time
 from urllib.parse import urlsplit
 
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))] if ordered else None
+from openai_load import percentile
 
 
 async def _read_reply(reader):
