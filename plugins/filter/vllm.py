@@ -9,7 +9,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
-    INSTANCE_LABEL, MODE_LABEL, ContainerSpecError, device_requests)
+    INSTANCE_LABEL, MODE_LABEL, NODE_ROLE_LABEL, NODES_LABEL, ContainerSpecError, device_requests)
 
 
 def vllm_device_requests(gpus):
@@ -63,10 +63,19 @@ def _is_loopback(address):
     return address in ("127.0.0.1", "::1", "localhost") or str(address).startswith("127.")
 
 
+# The keys of an instance spanning several hosts (docs/multinode.md); llmops.vllm.vllm_multinode_plan reads them.
+MULTINODE_KEYS = ("nodes", "head", "gpus_per_node", "shape", "executor", "cluster_interface", "master_port",
+                  "data_parallel_rpc_port", "ray_port")
+# The parallel sizes: a multi-node instance gets them on its command line from its plan, never in its config file.
+SIZE_KEYS = ("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size")
+
+
 def vllm_resolve_instances(instances, defaults, gpus_available=None):
     """Fill each instance of vllm_server_instances in from the role's defaults and derive what follows.
 
-    gpus_available is the number of GPUs of the host when known (for gpus: all).
+    gpus_available is the number of GPUs of the host when known (for gpus: all). An instance with nodes
+    (one spanning several hosts) gets multinode: true and multinode_head (its head's inventory hostname);
+    its sizes come from its plan (llmops.vllm.vllm_multinode_plan), so none is derived or written here.
     """
     if not isinstance(instances, list):
         raise AnsibleFilterError("vllm_server_instances must be a list, not %s" % type(instances).__name__)
@@ -84,8 +93,10 @@ def vllm_resolve_instances(instances, defaults, gpus_available=None):
         options = dict(i.get("options") or {})
         gpu_count = vllm_gpu_count(i.get("gpus"), gpus_available)
         parallel_keys = {vllm_cli_key(k) for k in options}
+        nodes = i.get("nodes")
+        multinode = isinstance(nodes, list) and len(nodes) > 0
         # One vLLM instance spreads a model over its GPUs with tensor parallelism unless told otherwise.
-        if gpu_count > 1 and not parallel_keys & {"tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size"}:
+        if not multinode and gpu_count > 1 and not parallel_keys & set(SIZE_KEYS):
             options["tensor_parallel_size"] = gpu_count
         # A stopped server finishes what it started for this long (vllm_server_shutdown_timeout).
         shutdown = int(i.get("shutdown_timeout") or 0)
@@ -94,6 +105,7 @@ def vllm_resolve_instances(instances, defaults, gpus_available=None):
         bind = str(i.get("bind_address") or "0.0.0.0")
         served = i.get("served_model_name") or i.get("model")
         local_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+        config_options = dict((k, v) for k, v in options.items() if not (multinode and vllm_cli_key(k) in SIZE_KEYS))
         i.update(
             name=name,
             port=port,
@@ -102,12 +114,14 @@ def vllm_resolve_instances(instances, defaults, gpus_available=None):
             options=options,
             gpu_count=gpu_count,
             loopback_only=_is_loopback(bind),
-            config=dict([("served-model-name", served)] + sorted(vllm_config(options).items())),
+            config=dict([("served-model-name", served)] + sorted(vllm_config(config_options).items())),
             config_file=name + ".yaml",
             secrets_file=name + ".env",
             logging_file=name + ".logging.json",
             cache_volume=name + "-vllm-cache",
             local_url="http://%s:%s" % ("[%s]" % local_host if ":" in local_host else local_host, port),
+            multinode=multinode,
+            multinode_head=str(i.get("head") or nodes[0]) if multinode else "",
         )
         resolved.append(i)
     return resolved
@@ -120,15 +134,27 @@ def vllm_host_gpus(gpu_info):
 
 
 def vllm_found_instances(host_info, default_mode):
-    """The role's containers that community.docker.docker_host_info found: [{name, mode}].
+    """The role's containers that community.docker.docker_host_info found: [{name, mode, node_role, nodes}].
 
-    A container of an older release without the mode label counts as running in default_mode.
+    A container of an older release without the mode label counts as running in default_mode. node_role
+    is head or worker for a node of a multi-node instance (its nodes: the instance's hosts), else "".
     """
     found = []
     for container in (host_info or {}).get("containers") or []:
         labels = container.get("Labels") or {}
-        found.append({"name": labels[INSTANCE_LABEL], "mode": labels.get(MODE_LABEL, default_mode)})
+        nodes = labels.get(NODES_LABEL) or ""
+        found.append({"name": labels[INSTANCE_LABEL], "mode": labels.get(MODE_LABEL, default_mode),
+                      "node_role": labels.get(NODE_ROLE_LABEL) or "", "nodes": [n for n in nodes.split(",") if n]})
     return found
+
+
+def vllm_instances_served_here(instances, host):
+    """The instances whose API this host serves: every single-node one, and the multi-node ones it heads.
+
+    A worker node of a multi-node instance serves no API; the gateway, verify.yml and the state record
+    must not count it.
+    """
+    return [i for i in instances or [] if not i.get("multinode") or i.get("multinode_head") == host]
 
 
 def _unique(names):
@@ -256,7 +282,7 @@ def vllm_fit_problem(instance, gpu_memory_mib, file_bytes=0):
 
 # What an instance needs to be created again exactly (upgrade.yml's rollback); never a secret.
 STATE_KEYS = ("name", "model", "served_model_name", "port", "bind_address", "gpus", "options", "env", "image",
-              "download", "revision", "parameters")
+              "download", "revision", "parameters") + MULTINODE_KEYS
 
 
 def vllm_instance_state(instances):
@@ -354,6 +380,7 @@ class FilterModule(object):
             "vllm_pick_option_spec": vllm_pick_option_spec,
             "vllm_host_gpus": vllm_host_gpus,
             "vllm_found_instances": vllm_found_instances,
+            "vllm_instances_served_here": vllm_instances_served_here,
             "vllm_dropped_instances": vllm_dropped_instances,
             "vllm_stale_containers": vllm_stale_containers,
             "vllm_downloads": vllm_downloads,

@@ -12,7 +12,8 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
-    ContainerSpecError, compose_project, compose_service, container_args, download_args, log_file)
+    ContainerSpecError, compose_project, compose_service, container_args, download_args, log_file,
+    multinode_container_args)
 
 
 def _filter(function):
@@ -31,6 +32,17 @@ def _filter(function):
 def vllm_container(instance, settings):
     """The community.docker.docker_container arguments of one resolved instance."""
     return container_args(instance, settings)
+
+
+def vllm_multinode_container(entry, settings, ray_wait_s=600):
+    """The community.docker.docker_container arguments of this host's node of a multi-node instance.
+
+    entry: one item of llmops.vllm.vllm_multinode_plans (its instance, plan and this host's node).
+    """
+    if not entry.get("node"):
+        raise AnsibleFilterError("instance %s has no plan for this host: its preflight problems must be fixed first"
+                                 % entry.get("name"))
+    return multinode_container_args(entry["instance"], settings, entry["plan"], entry["node"], ray_wait_s)
 
 
 def vllm_compose_service(instance, settings):
@@ -57,6 +69,7 @@ class FilterModule(object):
     def filters(self):
         return {
             "vllm_container": _filter(vllm_container),
+            "vllm_multinode_container": _filter(vllm_multinode_container),
             "vllm_compose_service": _filter(vllm_compose_service),
             "vllm_compose_project": _filter(vllm_compose_project),
             "vllm_download_container": _filter(vllm_download_container),

@@ -7,8 +7,8 @@ from __future__ import annotations
 # One vLLM instance spanning several hosts (issue 13): from an entry of vllm_server_instances that
 # lists its nodes, the facts of those nodes and the model's config.json, the plan of every node
 # (role, rank, vLLM's arguments, environment, cluster ports, start order) and the problems the
-# preflight must refuse. Groundwork: the vllm_server role does not call these filters yet
-# (docs/multinode.md says what is wired and what is not).
+# preflight must refuse. The vllm_server role calls them (tasks/preflight-multinode.yml,
+# run-multinode.yml, firewall-multinode.yml); docs/multinode.md says what is proven and what is not.
 #
 # Every vLLM flag and default below was checked against vLLM 0.32.0 (the test image's
 # vllm/engine/arg_utils.py, vllm/config/parallel.py, vllm/entrypoints/cli/serve.py) and vLLM's
@@ -19,7 +19,8 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_cli_key, vllm_config
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import CONTAINER_CONFIGS_DIR
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
+    CONTAINER_CONFIGS_DIR, _image_repository, pinned_image)
 
 SHAPES = ("data", "tensor", "pipeline")
 EXECUTORS = ("mp", "ray")
@@ -249,6 +250,8 @@ def vllm_multinode_plan(instance, node_facts, inventory_hosts, model_config=None
     instance: an entry of vllm_server_instances with nodes (resolved like a single-node one: name, model,
     port, bind_address, options, image). node_facts: {host: {interfaces: {name: IPv4}, gpus: count,
     image_digest: sha256:..., platform: cuda|rocm|xpu|cpu}} (missing keys are not checked).
+    image_id: sha256:... (the image's own id) is compared across nodes too: the same digest of a multi-platform
+    image is a different image on a node of another architecture.
     inventory_hosts: every inventory hostname (groups['all']). model_config: the model's config.json
     (num_attention_heads, num_key_value_heads, num_hidden_layers), when known.
     """
@@ -306,6 +309,7 @@ def vllm_multinode_plan(instance, node_facts, inventory_hosts, model_config=None
     # per-node facts: the cluster interface, GPUs, platform, image
     addresses = {}
     digests = {}
+    image_ids = {}
     for host in ordered:
         facts = node_facts.get(host)
         if facts is None:
@@ -333,6 +337,8 @@ def vllm_multinode_plan(instance, node_facts, inventory_hosts, model_config=None
                             % (where, host, platform, ", ".join(RAY_PLATFORMS), platform, name))
         if facts.get("image_digest"):
             digests[host] = str(facts["image_digest"])
+        if facts.get("image_id"):
+            image_ids[host] = str(facts["image_id"])
     seen = {}
     for host, address in addresses.items():
         if address in seen:
@@ -345,6 +351,11 @@ def vllm_multinode_plan(instance, node_facts, inventory_hosts, model_config=None
                         "(Ray refuses a \"Version mismatch\"). Pull the same image on every node: pin "
                         "vllm_server_instances[%s].image to a digest (image@sha256:...)."
                         % (where, "; ".join("%s %s" % (h, digests[h]) for h in ordered if h in digests), name))
+    elif len(set(image_ids.values())) > 1:
+        problems.append("%s: its nodes hold different images under the same reference (image ids: %s): a node of "
+                        "another CPU architecture, or an image loaded by hand. Every node must run the same image; "
+                        "give them the same architecture and pull vllm_server_instances[%s].image on each."
+                        % (where, "; ".join("%s %s" % (h, image_ids[h]) for h in ordered if h in image_ids), name))
 
     sizes = None
     if shape in SHAPES and gpus_per_node and gpus_per_node >= 1:
@@ -353,10 +364,7 @@ def vllm_multinode_plan(instance, node_facts, inventory_hosts, model_config=None
         problems.extend(_model_problems(sizes, model_config, where, instance.get("model")))
 
     head_address = addresses.get(head, "")
-    image = str(instance.get("image") or "")
-    digest = digests.get(head)
-    if image and digest and "@" not in image:
-        image = "%s@%s" % (image, digest)
+    image = pinned_image(str(instance.get("image") or ""), digests.get(head)) if instance.get("image") else ""
     config_options = dict((k, v) for k, v in (instance.get("options") or {}).items()
                           if vllm_cli_key(k) not in SIZE_KEYS and vllm_cli_key(k).split(".", 1)[0] not in CLUSTER_OPTIONS)
     served = instance.get("served_model_name") or instance.get("model")
@@ -418,6 +426,237 @@ def vllm_multinode_node(plan, host):
     return {}
 
 
+# ---- the role's wiring: every node of an instance runs the role in the same play, in lockstep ----------
+
+def _hostvar(hostvars, host, name, default=None):
+    try:
+        value = hostvars[host].get(name, default)
+    except (KeyError, AttributeError, TypeError):
+        return default
+    return default if value is None else value
+
+
+def _plain(value):
+    """A plain dict/list copy of a value read through hostvars (lazy containers compare as plain ones)."""
+    if isinstance(value, dict):
+        return dict((str(k), _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _docker_hub_short(repository):
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
+        if repository.startswith(prefix):
+            return repository[len(prefix):]
+    return repository
+
+
+def vllm_image_pin(image_info, image):
+    """{digest, id} of an image from community.docker.docker_image_info's result (or its images list).
+
+    digest: the registry digest (sha256:...) under the image's own repository, from RepoDigests, or ""
+    for an image that came from no registry (docker load, a local build): such an image cannot be pinned
+    and is compared by id only. id: the image's own id.
+    """
+    images = image_info.get("images") if isinstance(image_info, dict) else image_info
+    if not images:
+        return {"digest": "", "id": ""}
+    inspect = images[0] or {}
+    wanted = _docker_hub_short(_image_repository(image))
+    digest = ""
+    for entry in inspect.get("RepoDigests") or []:
+        repository, _, found = str(entry).partition("@")
+        if _docker_hub_short(repository) == wanted and found:
+            digest = found
+            break
+    if not digest and "@" in str(image):
+        digest = str(image).split("@", 1)[1]
+    return {"digest": digest, "id": str(inspect.get("Id") or "")}
+
+
+def vllm_multinode_pinned_image(instance, hostvars, images_fact="vllm_server_node_images"):
+    """The image every node of a multi-node instance runs: its image at the digest its head pulled.
+
+    The head's digest comes from the head's images fact (vllm_image_pin of its pull); until the head has one
+    (an image without a registry digest), the instance's image as it is.
+    """
+    head = instance.get("multinode_head") or (instance.get("nodes") or [""])[0]
+    pin = (_hostvar(hostvars, head, images_fact, {}) or {}).get(instance.get("name")) or {}
+    return pinned_image(instance.get("image"), pin.get("digest"))
+
+
+def vllm_multinode_plans(instances, hostvars, host, inventory_hosts, play_hosts, model_infos=None, mode="container",
+                         facts_fact="vllm_server_node_facts", images_fact="vllm_server_node_images"):
+    """The plans of this host's multi-node instances: [{name, instance, plan, node, problems}].
+
+    instances: the role's resolved instances (vllm_resolve_instances; only those with multinode count);
+    hostvars: Ansible's hostvars, where each node published facts_fact ({interfaces, gpus, platform, instances})
+    and, once its image is pulled, images_fact ({instance name: {digest, id}}); host: inventory_hostname;
+    play_hosts: the hosts of this play's batch (ansible_play_batch): every node must run the role in it;
+    model_infos: llmops.vllm.serving_host_info's models (each cached model's config.json).
+    problems: the plan's, and what only the role's run can see: this host not a node, a node outside the
+    play, nodes that define the instance differently, compose mode.
+    """
+    configs = dict((str(m.get("model")), m.get("config") or {}) for m in model_infos or [] if isinstance(m, dict))
+    batch = set(str(h) for h in play_hosts or [])
+    own = _plain(_hostvar(hostvars, host, facts_fact, {}) or {})
+    plans = []
+    for instance in instances or []:
+        if not instance.get("multinode"):
+            continue
+        name = str(instance.get("name"))
+        nodes = [str(n) for n in instance.get("nodes") or []]
+        where = "Instance %s on %s" % (name, host)
+        problems = []
+        if host not in nodes:
+            problems.append("%s: this host lists the instance, but is not one of its nodes (%s). Define a multi-node "
+                            "instance only in the variables its nodes read (the group_vars of a group holding exactly "
+                            "its nodes), or add %s to vllm_server_instances[%s].nodes."
+                            % (where, ", ".join(nodes), host, name))
+        if mode != "container":
+            problems.append("%s: vllm_server_mode %s does not run instances spanning several hosts; they run in "
+                            "container mode only. Set vllm_server_mode: container on its nodes." % (where, mode))
+        outside = [n for n in nodes if n not in batch]
+        if outside:
+            problems.append("%s: node%s %s of the instance %s not in this run (a --limit, a host that failed earlier, "
+                            "or a serial batch that splits the instance). Every node of an instance starts, changes "
+                            "and stops together: run the play on all of %s."
+                            % (where, "s" if len(outside) > 1 else "", ", ".join(outside),
+                               "are" if len(outside) > 1 else "is", ", ".join(nodes)))
+        mine = (own.get("instances") or {}).get(name)
+        node_facts = {}
+        for node in nodes:
+            facts = _plain(_hostvar(hostvars, node, facts_fact, None))
+            if facts is None:
+                continue
+            theirs = (facts.get("instances") or {}).get(name)
+            if node != host and node in batch and mine is not None and theirs != mine:
+                keys = sorted(k for k in set(mine) | set(theirs or {}) if (theirs or {}).get(k) != mine.get(k))
+                problems.append("%s: node %s defines the instance differently (%s). Define it once, in the variables "
+                                "every node of it reads (its group's group_vars), not per host."
+                                % (where, node, ", ".join(keys) if theirs else "it does not list it"))
+            pin = (_plain(_hostvar(hostvars, node, images_fact, {})) or {}).get(name) or {}
+            entry = {"interfaces": facts.get("interfaces") or {}, "platform": facts.get("platform")}
+            if facts.get("gpus") is not None:
+                entry["gpus"] = facts.get("gpus")
+            if pin.get("digest"):
+                entry["image_digest"] = pin["digest"]
+            if pin.get("id"):
+                entry["image_id"] = pin["id"]
+            node_facts[node] = entry
+        plan = vllm_multinode_plan(instance, node_facts, inventory_hosts, configs.get(str(instance.get("model"))))
+        plans.append({"name": name, "instance": instance, "plan": plan, "node": vllm_multinode_node(plan, host),
+                      "problems": problems + [_on_host(p, name, host) for p in plan["problems"]]})
+    return plans
+
+
+def _on_host(problem, name, host):
+    """'Instance big: ...' -> 'Instance big on gpu1: ...': the role's messages name the host."""
+    prefix = "Instance %s" % name
+    return "%s on %s%s" % (prefix, host, problem[len(prefix):]) if problem.startswith(prefix) else problem
+
+
+# What every node of an instance must define alike: a node that differs would run another plan.
+SIGNATURE_KEYS = ("name", "model", "served_model_name", "port", "options", "image", "revision", "nodes", "head",
+                  "gpus_per_node", "shape", "executor", "cluster_interface", "master_port", "data_parallel_rpc_port",
+                  "ray_port")
+
+
+def vllm_multinode_signatures(instances):
+    """{name: the keys every node must define alike} of the multi-node instances among resolved instances."""
+    return dict((str(i.get("name")), dict((k, _plain(i[k])) for k in SIGNATURE_KEYS if k in i))
+                for i in instances or [] if i.get("multinode"))
+
+
+def vllm_multinode_restarts(plans, hostvars, down_fact="vllm_server_multinode_down"):
+    """Names of the multi-node instances to stop and start again on every node: those of which any node
+    published in down_fact that its container is missing, stopped, changing, unhealthy or reconfigured."""
+    names = []
+    for entry in plans or []:
+        for node in entry["plan"].get("nodes") or []:
+            if entry["name"] in (_hostvar(hostvars, node["host"], down_fact, []) or []) and entry["name"] not in names:
+                names.append(entry["name"])
+    return names
+
+
+NFT_TABLE = "llmops_vllm_cluster"
+
+
+def vllm_multinode_nftables(plans):
+    """The nftables rule set of this host's nodes: each fixed cluster port it listens on is accepted from the
+    instance's other nodes on the cluster interface (and from the host itself) and dropped from anywhere else.
+
+    The kernel-chosen ports (Gloo, NCCL, vLLM's ZMQ queues, Ray's workers) are not covered: see docs/multinode.md.
+    The table is replaced as a whole when nft reads the file (table; delete table; table {...}).
+    """
+    rules = []
+    for entry in plans or []:
+        node = entry.get("node") or {}
+        firewall = node.get("firewall") or {}
+        for listen in node.get("listens") or []:
+            port = int(listen["port"])
+            rules.append("    # %s: %s" % (entry["name"], listen["what"]))
+            peers = firewall.get("accept_from") or []
+            if peers:
+                rules.append('    iifname "%s" ip saddr { %s } tcp dport %d accept'
+                             % (firewall["interface"], ", ".join(peers), port))
+            rules.append("    tcp dport %d drop" % port)
+    lines = ["# Managed by Ansible (llmops.vllm.vllm_server): the fixed cluster ports of the multi-node vLLM instances",
+             "# of this host, open to their other nodes on the cluster interface only (docs/multinode.md).",
+             "table inet %s" % NFT_TABLE,
+             "delete table inet %s" % NFT_TABLE,
+             "table inet %s {" % NFT_TABLE,
+             "  chain input {",
+             "    type filter hook input priority filter - 10; policy accept;",
+             '    iifname "lo" accept'] + rules + ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def vllm_upgrade_batches(hosts, hostvars, serial=1, instances_var="vllm_server_instances"):
+    """The host order and serial batch sizes of a rollout that never splits a multi-node instance.
+
+    hosts: the play's hosts in inventory order; serial: hosts per batch (a number; a group of nodes larger than
+    it gets a batch of its own). Returns {hosts: [...], serial: [sizes]} for the play's hosts: and serial:.
+    """
+    try:
+        size = max(1, int(serial))
+    except (TypeError, ValueError):
+        raise AnsibleFilterError("llmops_upgrade_serial must be a number of hosts, not %r" % (serial,))
+    hosts = [str(h) for h in hosts or []]
+    group_of = dict((h, [h]) for h in hosts)
+    for host in hosts:
+        for instance in _hostvar(hostvars, host, instances_var, []) or []:
+            if not isinstance(instance, dict) or not instance.get("nodes"):
+                continue
+            members = [str(n) for n in instance.get("nodes") if str(n) in group_of]
+            merged = []
+            for member in members:
+                for h in group_of[member]:
+                    if h not in merged:
+                        merged.append(h)
+            for h in merged:
+                group_of[h] = merged
+    groups = []
+    for host in hosts:
+        group = sorted(group_of[host], key=hosts.index)
+        if group not in groups:
+            groups.append(group)
+    ordered, sizes, current = [], [], 0
+    for group in groups:
+        if current and current + len(group) > size:
+            sizes.append(current)
+            current = 0
+        ordered.extend(group)
+        current += len(group)
+        if current >= size:
+            sizes.append(current)
+            current = 0
+    if current:
+        sizes.append(current)
+    return {"hosts": ordered, "serial": sizes or [size]}
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -425,4 +664,11 @@ class FilterModule(object):
             "vllm_node_interfaces": vllm_node_interfaces,
             "vllm_multinode_plan": vllm_multinode_plan,
             "vllm_multinode_node": vllm_multinode_node,
+            "vllm_image_pin": vllm_image_pin,
+            "vllm_multinode_pinned_image": vllm_multinode_pinned_image,
+            "vllm_multinode_plans": vllm_multinode_plans,
+            "vllm_multinode_signatures": vllm_multinode_signatures,
+            "vllm_multinode_restarts": vllm_multinode_restarts,
+            "vllm_multinode_nftables": vllm_multinode_nftables,
+            "vllm_upgrade_batches": vllm_upgrade_batches,
         }

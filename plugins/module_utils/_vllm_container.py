@@ -23,6 +23,10 @@ CONTAINER_PORT = 8000
 # The label that marks the containers the role manages (prune and uninstall find them by it).
 INSTANCE_LABEL = "org.llmops.vllm.instance"
 MODE_LABEL = "org.llmops.vllm.mode"
+# A node of a multi-node instance: its role (head or worker) and the instance's nodes, comma-separated
+# (uninstall and upgrade find the whole instance by them).
+NODE_ROLE_LABEL = "org.llmops.vllm.node-role"
+NODES_LABEL = "org.llmops.vllm.nodes"
 
 HEALTHCHECK_SCRIPT = (
     "import urllib.request; urllib.request.urlopen('http://127.0.0.1:%d/health', timeout=5)" % CONTAINER_PORT)
@@ -235,3 +239,95 @@ def compose_project(instances, settings, project):
         if _bool(settings["compile_cache"]):
             volumes[instance["cache_volume"]] = {"name": instance["cache_volume"]}
     return {"name": project, "services": services, "volumes": volumes}
+
+
+def _image_repository(image):
+    """The repository of an image reference without its tag or digest (registry:5000/a/b:tag -> registry:5000/a/b)."""
+    name = str(image).split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    if ":" in last:
+        last = last.split(":", 1)[0]
+    return "%s/%s" % (head, last) if head else last
+
+
+def pinned_image(image, digest):
+    """repository@digest, the same bytes on every node; the image as it is without a digest.
+
+    The tag goes: community.docker reads name:tag@digest as the repository name:tag with tag digest.
+    """
+    if not digest:
+        return str(image)
+    if "@" in str(image):
+        return str(image)
+    return "%s@%s" % (_image_repository(image), digest)
+
+
+def _ray_head_script(node, wait_nodes, wait_s, serve):
+    """The head's command with executor ray: Ray's head, a wait until every node joined, then vllm serve."""
+    import shlex
+
+    count = ("import ray; ray.init(address='auto', logging_level='ERROR'); "
+             "print(sum(1 for n in ray.nodes() if n.get('Alive')))")
+    return (
+        "%s || exit 1; "
+        "waited=0; "
+        "until [ \"$(python3 -c %s 2>/dev/null)\" -ge %d ]; do "
+        "if [ \"$waited\" -ge %d ]; then echo \"vllm-ray-head: fewer than %d Ray nodes joined within %d s "
+        "(ray status below); the workers cannot reach this head's Ray port, or run another image\" >&2; "
+        "ray status >&2; exit 1; fi; sleep 5; waited=$((waited + 5)); done; "
+        "exec %s" % (shlex.join(node["ray_start"]), shlex.quote(count), wait_nodes, wait_s, wait_nodes, wait_s,
+                     shlex.join(serve)))
+
+
+def multinode_container_args(instance, settings, plan, node, ray_wait_s=600):
+    """The docker_container arguments of one node of a multi-node instance (docs/multinode.md).
+
+    Built from the instance's single-node container (mounts, secrets entrypoint, logging, GPUs), then:
+    the head's pinned image on every node, host networking (no published port: vLLM listens on the
+    instance's bind_address and port itself), the node's cluster environment, its vLLM arguments or its
+    `ray start`, Docker's restart policy "no" (the role restarts all nodes together), the API health check
+    on the head only, and labels naming the node's role and the instance's nodes.
+    """
+    args = container_args(instance, settings)
+    model = str(instance["model"])
+    config = "%s/%s" % (CONTAINER_CONFIGS_DIR, instance["config_file"])
+    head = node["role"] == "head"
+    env = dict(args["env"])
+    env.update(dict((str(k), str(v)) for k, v in (node.get("env") or {}).items()))
+    wrapper = entrypoint_wrapper(instance)
+    serve = ["vllm", "serve", model, "--config", config] + list(node["vllm_args"])
+    if plan.get("executor") == "ray":
+        if head:
+            script = _ray_head_script(node, len(plan["nodes"]), int(ray_wait_s), serve)
+            entrypoint, command = wrapper + ["/bin/sh", "-c"], [script, "vllm-ray-head"]
+        else:
+            entrypoint, command = wrapper, list(node["ray_start"])
+    else:
+        entrypoint, command = wrapper + list(settings["entrypoint"]), [model, "--config", config] + list(node["vllm_args"])
+    args.update(
+        image=plan.get("image") or instance["image"],
+        restart_policy=node.get("restart_policy", "no"),
+        network_mode=node.get("network_mode", "host"),
+        published_ports=[],
+        entrypoint=entrypoint,
+        command=command,
+        env=env,
+    )
+    labels = dict(args["labels"])
+    labels[NODE_ROLE_LABEL] = node["role"]
+    labels[NODES_LABEL] = ",".join(n["host"] for n in plan["nodes"])
+    args["labels"] = labels
+    if head:
+        url = "http://%s:%s/health" % (_local_host(instance), instance["port"])
+        args["healthcheck"] = dict(args["healthcheck"], test=[
+            "CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen(%r, timeout=5)" % url])
+    else:
+        # A worker serves no API: its container running is its health (the head's check covers the instance).
+        args["healthcheck"] = {"test": ["NONE"]}
+    return args
+
+
+def _local_host(instance):
+    bind = str(instance.get("bind_address") or "0.0.0.0")
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+    return "[%s]" % host if ":" in host else host

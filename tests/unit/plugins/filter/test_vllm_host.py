@@ -16,8 +16,9 @@ def test_found_dropped_and_stale_instances():
         {"Labels": {"org.llmops.vllm.instance": "old"}},
         {"Labels": {"org.llmops.vllm.instance": "small", "org.llmops.vllm.mode": "compose"}}]}
     found = vllm_found_instances(host_info, "container")
-    assert found == [{"name": "chat", "mode": "container"}, {"name": "old", "mode": "container"},
-                     {"name": "small", "mode": "compose"}]
+    assert found == [{"name": "chat", "mode": "container", "node_role": "", "nodes": []},
+                     {"name": "old", "mode": "container", "node_role": "", "nodes": []},
+                     {"name": "small", "mode": "compose", "node_role": "", "nodes": []}]
     listed = [{"name": "chat"}, {"name": "small"}]
     assert vllm_dropped_instances(found, listed) == ["old"]
     # dropped ones first, then those running in the other mode

@@ -143,7 +143,8 @@ def test_cluster_ports_are_open_only_to_the_peers_on_the_cluster_interface():
 
 def test_image_is_pinned_to_the_digest_and_config_holds_no_cluster_option():
     p = plan(instance(options={"max_model_len": 8192, "tensor_parallel_size": 8}))
-    assert p["image"] == "vllm/vllm-openai:v0.32.0@" + DIGEST
+    # repository@digest without the tag: community.docker reads name:tag@digest as repository name:tag
+    assert p["image"] == "vllm/vllm-openai@" + DIGEST
     assert p["config"] == {"served-model-name": "meta-llama/Llama-3.1-405B-Instruct", "max-model-len": 8192}
     assert p["config_path"] == "/etc/vllm/big.yaml"
 
