@@ -657,6 +657,53 @@ def vllm_upgrade_batches(hosts, hostvars, serial=1, instances_var="vllm_server_i
     return {"hosts": ordered, "serial": sizes or [size]}
 
 
+def vllm_image_pins(registered, loop_var="_vllm_server_instance"):
+    """{instance name: vllm_image_pin} from a docker_image_info task looped over multi-node instances."""
+    pins = {}
+    for result in (registered or {}).get("results") or []:
+        instance = result.get(loop_var) or {}
+        if result.get("skipped"):
+            continue
+        pins[str(instance.get("name"))] = vllm_image_pin(result, instance.get("image"))
+    return pins
+
+
+def vllm_multinode_down(probe, reconfigured=None, loop_var="_vllm_server_multinode"):
+    """Names of this host's multi-node instances whose node must restart with all the others: its container
+    would change (missing, stopped, other arguments or image: the check-mode probe says changed), its files
+    changed (reconfigured), or it is the head and Docker's health check calls it unhealthy."""
+    down = []
+    reconfigured = list(reconfigured or [])
+    for result in (probe or {}).get("results") or []:
+        entry = result.get(loop_var) or {}
+        name = entry.get("name")
+        if result.get("skipped") or not name:
+            continue
+        health = (((result.get("container") or {}).get("State") or {}).get("Health") or {}).get("Status")
+        if result.get("changed") or name in reconfigured or health == "unhealthy":
+            if name not in down:
+                down.append(name)
+    return down
+
+
+def vllm_multinode_unverified(plans, hostvars, verification_fact="vllm_server_verification"):
+    """Sentences for the multi-node instances this host is a worker of whose head did not verify (its chat
+    completion failed, or the head left the run): the worker's run fails too, so that it records nothing
+    and an upgrade's rescue puts the previous instances back on every node together."""
+    problems = []
+    for entry in plans or []:
+        node = entry.get("node") or {}
+        if node.get("role") != "worker":
+            continue
+        head = entry["plan"]["head"]
+        results = (_plain(_hostvar(hostvars, head, verification_fact, {})) or {}).get("results") or []
+        mine = [r for r in results if ((r.get("_vllm_server_instance") or {}).get("name")) == entry["name"]]
+        if not mine or any(r.get("failed") for r in mine):
+            problems.append("Instance %s: its head %s did not answer a chat completion in this run (see the head's "
+                            "verification above), so its worker %s fails with it." % (entry["name"], head, node["host"]))
+    return problems
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -665,6 +712,9 @@ class FilterModule(object):
             "vllm_multinode_plan": vllm_multinode_plan,
             "vllm_multinode_node": vllm_multinode_node,
             "vllm_image_pin": vllm_image_pin,
+            "vllm_image_pins": vllm_image_pins,
+            "vllm_multinode_down": vllm_multinode_down,
+            "vllm_multinode_unverified": vllm_multinode_unverified,
             "vllm_multinode_pinned_image": vllm_multinode_pinned_image,
             "vllm_multinode_plans": vllm_multinode_plans,
             "vllm_multinode_signatures": vllm_multinode_signatures,

@@ -276,3 +276,40 @@ def test_found_containers_name_their_node_role_and_nodes():
     assert vllm_found_instances(info, "container") == [
         {"name": "big", "mode": "container", "node_role": "worker", "nodes": ["gpu1", "gpu2"]},
         {"name": "one", "mode": "container", "node_role": "", "nodes": []}]
+
+
+def test_pins_come_from_the_looped_image_inspection():
+    from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import vllm_image_pins
+    registered = {"results": [
+        {"_vllm_server_instance": {"name": "big", "image": IMAGE},
+         "images": [{"Id": "sha256:1", "RepoDigests": ["vllm/vllm-openai@" + DIGEST]}]},
+        {"_vllm_server_instance": {"name": "skipped", "image": IMAGE}, "skipped": True}]}
+    assert vllm_image_pins(registered) == {"big": {"digest": DIGEST, "id": "sha256:1"}}
+
+
+def test_a_node_is_down_when_its_container_would_change_its_files_changed_or_the_head_is_unhealthy():
+    from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import vllm_multinode_down
+
+    def result(name, changed=False, health=None):
+        container = {"State": {"Running": True, "Health": {"Status": health}}} if health else {"State": {"Running": True}}
+        return {"_vllm_server_multinode": {"name": name}, "changed": changed, "container": container}
+
+    probe = {"results": [result("a"), result("b", changed=True), result("c", health="unhealthy"), result("d", health="healthy"),
+                         result("e")]}
+    assert vllm_multinode_down(probe, ["e"]) == ["b", "c", "e"]
+    assert vllm_multinode_down({"results": [result("a"), result("d", health="starting")]}) == []
+
+
+def test_a_worker_fails_when_its_head_did_not_verify():
+    from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import vllm_multinode_unverified
+    instances = resolve([multinode()])
+    (worker,) = plans(instances, "gpu2")
+    ok = {"gpu1": {"vllm_server_verification": {"results": [{"_vllm_server_instance": {"name": "big"}, "ready": True}]}}}
+    failed = {"gpu1": {"vllm_server_verification": {"results": [{"_vllm_server_instance": {"name": "big"}, "failed": True}]}}}
+    assert vllm_multinode_unverified([worker], ok) == []
+    assert vllm_multinode_unverified([worker], failed) == [
+        "Instance big: its head gpu1 did not answer a chat completion in this run (see the head's verification above), "
+        "so its worker gpu2 fails with it."]
+    assert vllm_multinode_unverified([worker], {"gpu1": {}}) != [], "a head that left the run verified nothing"
+    (head,) = plans(instances, "gpu1")
+    assert vllm_multinode_unverified([head], failed) == [], "the head's own failure is its verify task's"
