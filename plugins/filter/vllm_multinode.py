@@ -627,9 +627,13 @@ def vllm_upgrade_batches(hosts, hostvars, serial=1, instances_var="vllm_server_i
     group_of = dict((h, [h]) for h in hosts)
     for host in hosts:
         for instance in _hostvar(hostvars, host, instances_var, []) or []:
-            if not isinstance(instance, dict) or not instance.get("nodes"):
+            try:
+                nodes = instance.get("nodes") if isinstance(instance, dict) else None
+            except Exception:  # a value that cannot be templated here (a role default it names): no nodes to read
+                nodes = None
+            if not isinstance(nodes, (list, tuple)) or not nodes:
                 continue
-            members = [str(n) for n in instance.get("nodes") if str(n) in group_of]
+            members = [str(n) for n in nodes if str(n) in group_of]
             merged = []
             for member in members:
                 for h in group_of[member]:
