@@ -28,10 +28,22 @@ CASES = [
      "no two sharing a name or a port"),
     ("instance without a model", {"vllm_server_instances": [{"name": "vllm"}]},
      "each a dictionary with a name and a model"),
-    ("an instance spanning hosts (not started by this release)",
-     {"vllm_server_instances": [dict(TINY, nodes=["llmops-bad-input", "gpu-b"])]},
-     "Instance vllm on llmops-bad-input: it lists nodes (llmops-bad-input, gpu-b): one vLLM instance spanning several hosts "
-     "is designed (docs/multinode.md) but this release of the role does not start it yet."),
+    # (these two are checked after the model cache, so they serve online, as the mirror case below)
+    ("an instance spanning hosts with a node outside the inventory",
+     {"vllm_server_env": {},
+      "vllm_server_instances": [dict(TINY, nodes=["llmops-bad-input", "gpu-b"], gpus_per_node=1, shape="data",
+                                     cluster_interface="eth0")]},
+     "Instance vllm on llmops-bad-input lists node gpu-b, which is not in the inventory. Add the host to the inventory "
+     "or fix vllm_server_instances[vllm].nodes."),
+    ("an instance spanning one host",
+     {"vllm_server_instances": [dict(TINY, nodes=["llmops-bad-input"], gpus_per_node=1, shape="data",
+                                     cluster_interface="eth0")]},
+     "Instance vllm on llmops-bad-input: nodes must be a list of two or more inventory hostnames, the hosts one instance "
+     "spans"),
+    ("an instance spanning hosts in compose mode, without a shape",
+     {"vllm_server_mode": "compose", "vllm_server_env": {},
+      "vllm_server_instances": [dict(TINY, nodes=["llmops-bad-input", "gpu-b"], gpus_per_node=1, cluster_interface="eth0")]},
+     "Instance vllm on llmops-bad-input: vllm_server_mode compose does not run instances spanning several hosts"),
     ("open port without an API key", {"vllm_server_api_key": ""},
      "without an API key: anyone who reaches the port could use"),
     ("GPUs on a CPU-only host", {"vllm_server_instances": [dict(TINY, gpus=[0])]},
