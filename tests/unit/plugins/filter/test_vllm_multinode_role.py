@@ -313,3 +313,22 @@ def test_a_worker_fails_when_its_head_did_not_verify():
     assert vllm_multinode_unverified([worker], {"gpu1": {}}) != [], "a head that left the run verified nothing"
     (head,) = plans(instances, "gpu1")
     assert vllm_multinode_unverified([head], failed) == [], "the head's own failure is its verify task's"
+
+
+def test_the_firewall_example_of_docs_multinode_is_what_the_filter_renders():
+    import os
+    import re
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+    with open(os.path.join(root, "docs", "multinode.md")) as f:
+        doc = f.read()
+    block = re.search(r"```text\n(  table inet llmops_vllm_cluster \{.*?)```", doc, re.S).group(1)
+    instances = resolve([multinode(name="llama405b", nodes=["gpu-01", "gpu-02"], gpus_per_node=8, shape="data")])
+    hv = {"gpu-01": {"vllm_server_node_facts": {"interfaces": {"ens5": "10.0.0.11"}, "gpus": 8, "platform": "cuda",
+                                                 "instances": vllm_multinode_signatures(instances)}},
+          "gpu-02": {"vllm_server_node_facts": {"interfaces": {"ens5": "10.0.0.12"}, "gpus": 8, "platform": "cuda",
+                                                 "instances": vllm_multinode_signatures(instances)}}}
+    entries = vllm_multinode_plans(instances, hv, "gpu-01", ["gpu-01", "gpu-02"], ["gpu-01", "gpu-02"])
+    assert entries[0]["problems"] == [], entries[0]["problems"]
+    rendered = vllm_multinode_nftables(entries)
+    documented = [line.strip() for line in block.splitlines() if line.strip()]
+    assert rendered.split("delete table inet llmops_vllm_cluster\n", 1)[1].split() == " ".join(documented).split()
