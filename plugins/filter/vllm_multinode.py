@@ -466,7 +466,7 @@ def vllm_image_pin(image_info, image):
     wanted = _docker_hub_short(_image_repository(image))
     digest = ""
     for entry in inspect.get("RepoDigests") or []:
-        repository, _, found = str(entry).partition("@")
+        repository, dummy, found = str(entry).partition("@")
         if _docker_hub_short(repository) == wanted and found:
             digest = found
             break

@@ -244,7 +244,7 @@ def compose_project(instances, settings, project):
 def _image_repository(image):
     """The repository of an image reference without its tag or digest (registry:5000/a/b:tag -> registry:5000/a/b)."""
     name = str(image).split("@", 1)[0]
-    head, _, last = name.rpartition("/")
+    head, dummy, last = name.rpartition("/")
     if ":" in last:
         last = last.split(":", 1)[0]
     return "%s/%s" % (head, last) if head else last
