@@ -2,7 +2,7 @@
 
 NOT RUN YET: written by the session that wired multi-node instances into the role (issue 13), on a day when
 this machine's CPU was taken by benchmarks. docs/multinode.md lists it under "not proven"; the next session
-runs it (`flock /tmp/llmops-heavy.lock .venv/bin/python -m pytest -v -p no:cacheprovider
+runs it (`LLMOPS_IT_MULTINODE=1 flock /tmp/llmops-heavy.lock .venv/bin/python -m pytest -v -s -p no:cacheprovider
 tests/integration/test_multinode_dp.py`) and fixes what it finds.
 
 What the CPU build of vLLM serves across hosts (issue 13's measurement): data parallel, one engine per node,
@@ -37,6 +37,11 @@ import pytest
 import yaml
 
 from vllm_testbed import BIN, PREFIX, ROOT, docker
+
+# Long (two host stand-ins converged by site.yml, two vLLM engines, three converges) and never run yet:
+# only when asked, so that `make integration` does not carry it before it has passed once.
+pytestmark = pytest.mark.skipif(os.environ.get("LLMOPS_IT_MULTINODE") != "1",
+                                reason="set LLMOPS_IT_MULTINODE=1 to run the multi-node end-to-end test")
 
 SYSTEMD_IMAGE = os.environ.get("LLMOPS_IT_SYSTEMD_IMAGE", "llmops-test/debian12-systemd:latest")
 NETWORK = os.environ.get("LLMOPS_TEST_NETWORK", "llmops-test")
