@@ -332,3 +332,35 @@ def test_the_firewall_example_of_docs_multinode_is_what_the_filter_renders():
     rendered = vllm_multinode_nftables(entries)
     documented = [line.strip() for line in block.splitlines() if line.strip()]
     assert rendered.split("delete table inet llmops_vllm_cluster\n", 1)[1].split() == " ".join(documented).split()
+
+
+@pytest.mark.parametrize("alive_counts, wait_s, serves", [("1 1 2", 600, True), ("1 1 1 1", 10, False)])
+def test_the_ray_head_script_waits_for_every_node_then_serves_or_gives_up(tmp_path, alive_counts, wait_s, serves):
+    """The head's shell script under /bin/sh, with test doubles for ray, python3 (Ray's node count), sleep and
+    vllm in PATH: Ray does not exist here (vLLM's CPU platform refuses it)."""
+    import subprocess
+    instances = resolve([multinode(shape="pipeline", executor="ray")])
+    (head,) = plans(instances, "gpu1")
+    script = vllm_multinode_container(head, SETTINGS, wait_s)["command"][0]
+    (tmp_path / "counts").write_text(alive_counts.replace(" ", "\n") + "\n")
+    doubles = {
+        "ray": 'echo "ray $*" >> "$LOG"',
+        "python3": 'head -n 1 "$COUNTS"; sed -i 1d "$COUNTS"',
+        "sleep": ":",
+        "vllm": 'echo "vllm $*" >> "$LOG"',
+    }
+    for name, body in doubles.items():
+        (tmp_path / name).write_text("#!/bin/sh\n%s\n" % body)
+        (tmp_path / name).chmod(0o755)
+    env = {"PATH": "%s:/usr/bin:/bin" % tmp_path, "LOG": str(tmp_path / "log"), "COUNTS": str(tmp_path / "counts")}
+    run = subprocess.run(["/bin/sh", "-c", script, "vllm-ray-head"], env=env, capture_output=True, text=True, timeout=30)
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log[0] == "ray start --head --node-ip-address=10.0.0.1 --port=6379"
+    if serves:
+        assert run.returncode == 0, run.stderr
+        assert log[-1].startswith("vllm serve Qwen/Qwen2.5-1.5B-Instruct --config /etc/vllm/big.yaml")
+        assert "--distributed-executor-backend ray" in log[-1]
+    else:
+        assert run.returncode == 1 and not any(line.startswith("vllm") for line in log)
+        assert "fewer than 2 Ray nodes joined within 10 s" in run.stderr
+        assert log[-1] == "ray status", "it shows Ray's view before it gives up"
