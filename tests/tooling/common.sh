@@ -21,6 +21,9 @@ VLLM_VERSION="$(sed -n 's/^vllm_server_version: *//p' "${REPO_ROOT}/roles/vllm_s
 IMAGE_VLLM="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}"
 # The same image with a `vllm` that exits at once: a release that never becomes ready.
 IMAGE_VLLM_BROKEN="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}-broken"
+# Ray from PyPI in the vLLM test image (tests/images/vllm-ray); the version test_multinode_ray ran with.
+RAY_VERSION="2.60.0"
+IMAGE_VLLM_RAY="llmops-test/vllm-openai-cpu:v${VLLM_VERSION}-ray"
 HASH_LABEL="org.llmops.recipe-hash"
 # Debian 13's Docker Engine 26.1.5 (daemon, CLI): a Docker newer than Debian 12's 20.10. Its
 # packages need libc6 >= 2.34 and install on Debian 12. fetch_deb takes these pairs.
