@@ -429,7 +429,11 @@ def vllm_multinode_node(plan, host):
 # ---- the role's wiring: every node of an instance runs the role in the same play, in lockstep ----------
 
 def _hostvar(hostvars, host, name, default=None):
+    # A host outside the inventory: ansible-core 2.19's hostvars gives an undefined value for it, whose .get
+    # fails at templating time rather than raising KeyError here (the plan names such a node itself).
     try:
+        if host not in hostvars:
+            return default
         value = hostvars[host].get(name, default)
     except (KeyError, AttributeError, TypeError):
         return default

@@ -364,3 +364,26 @@ def test_the_ray_head_script_waits_for_every_node_then_serves_or_gives_up(tmp_pa
         assert run.returncode == 1 and not any(line.startswith("vllm") for line in log)
         assert "fewer than 2 Ray nodes joined within 10 s" in run.stderr
         assert log[-1] == "ray status", "it shows Ray's view before it gives up"
+
+
+class _HostVars(dict):
+    """hostvars as ansible-core 2.19 gives them: a host outside the inventory has an undefined value, whose
+    attributes fail (found by the bad-input scenario: the role stopped on a templating error, not the plan's
+    sentence)."""
+
+    def __getitem__(self, host):
+        if host not in self:
+            return _Undefined()
+        return dict.__getitem__(self, host)
+
+
+class _Undefined(object):
+    def __getattr__(self, name):
+        raise RuntimeError("hostvars['%s'] is undefined" % name)
+
+
+def test_a_node_outside_the_inventory_is_named_not_a_templating_error():
+    instances = resolve([multinode(nodes=["gpu1", "gpu9"])])
+    hv = _HostVars(hostvars_for(instances, hosts=("gpu1",)))
+    (entry,) = plans(instances, "gpu1", hv=hv, play=("gpu1",))
+    assert any("lists node gpu9, which is not in the inventory" in p for p in entry["problems"]), entry["problems"]
