@@ -75,7 +75,9 @@ sanity: deps
 	$(TOOLING)/sanity
 
 # verify_endpoint and the verify playbook against the real vLLM server (the CPU image, tiny models).
-integration: deps images models
+# The testbed, not only the images: the multi-node test converges two host stand-ins that pull the
+# vLLM image through the registry mirror.
+integration: testbed
 	$(BIN)/python -m pytest -v -p no:cacheprovider --durations=0 tests/integration
 
 # Not a test: prints how long after readiness each way of waiting returns.
