@@ -14,6 +14,7 @@ Checked, in order (one module-scoped converge, so the steps share it):
   3. the firewall (vllm_server_multinode_firewall: true): the data parallel RPC port of the head drops a
      connection from this machine (not a node) and lets the worker through;
   4. a second run changes nothing;
+  4b. upgrade.yml with a changed instance env: one batch of both nodes, both restarted with it, both engines serve;
   5. the worker's container killed: the head stops serving or not (recorded), and the next run stops and
      starts both nodes (new start times on both) and the head answers again with both engines;
   6. uninstall on the worker alone is refused before anything is removed; on both, every container goes.
@@ -56,6 +57,16 @@ def address(host):
     return docker("inspect", "--format", '{{(index .NetworkSettings.Networks "%s").IPAddress}}' % NETWORK, host)
 
 
+def write_instance(directory, **extra):
+    """The instance spanning both stand-ins, in the group_vars of their group (extra: more instance keys)."""
+    instance = {"name": INSTANCE, "model": "llmops-test/tiny-chat", "served_model_name": "tiny-chat", "port": 8000,
+                "nodes": [HEAD, WORKER], "gpus_per_node": 1, "shape": "data", "executor": "mp",
+                "cluster_interface": "eth0", "data_parallel_rpc_port": DP_RPC_PORT}
+    instance.update(extra)
+    with open(os.path.join(str(directory), "group_vars", "tiny_dp.yml"), "w") as f:
+        yaml.safe_dump({"vllm_server_multinode_firewall": True, "vllm_server_instances": [instance]}, f)
+
+
 @pytest.fixture(scope="module")
 def inventory(tmp_path_factory):
     """inventories/local's group_vars for both stand-ins, and the instance spanning them in their group's."""
@@ -65,14 +76,7 @@ def inventory(tmp_path_factory):
                                      WORKER: {"ansible_connection": "community.docker.docker"}}},
              "tiny_dp": {"hosts": {HEAD: {}, WORKER: {}}}}
     (directory / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    (directory / "group_vars" / "tiny_dp.yml").write_text(yaml.safe_dump({
-        "vllm_server_multinode_firewall": True,
-        "vllm_server_instances": [{
-            "name": INSTANCE, "model": "llmops-test/tiny-chat", "served_model_name": "tiny-chat", "port": 8000,
-            "nodes": [HEAD, WORKER], "gpus_per_node": 1, "shape": "data", "executor": "mp",
-            "cluster_interface": "eth0", "data_parallel_rpc_port": DP_RPC_PORT,
-        }],
-    }))
+    write_instance(directory)
     return str(directory)
 
 
@@ -190,6 +194,26 @@ def test_a_second_run_changes_nothing(converged, inventory):
     rc, output, recap = playbook(inventory, os.path.join(ROOT, "playbooks", "site.yml"))
     assert rc == 0, output[-8000:]
     assert recap[HEAD]["changed"] == 0 and recap[WORKER]["changed"] == 0, output[-8000:]
+
+
+def test_an_upgrade_changes_both_nodes_in_one_batch(converged, inventory):
+    """upgrade.yml with a changed instance: one batch holds both nodes, both restart with the change, and the
+    head serves with both engines again. The instance's env grows by one variable (its own env keeps the
+    inventory's HF_HUB_OFFLINE: docs/gateway.md's warning)."""
+    before = {h: inspect(h)["State"]["StartedAt"] for h in (HEAD, WORKER)}
+    env = dict(yaml.safe_load(open(os.path.join(ROOT, "inventories", "local", "group_vars", "gpu_hosts", "main.yml")))
+               .get("vllm_server_env") or {}, LLMOPS_MN_UPGRADE="1")
+    write_instance(inventory, env=env)
+    rc, output, recap = playbook(inventory, os.path.join(ROOT, "playbooks", "upgrade.yml"))
+    assert rc == 0, output[-8000:]
+    assert "Batches of 2 host(s), in this order: %s, %s." % (HEAD, WORKER) in " ".join(output.split()), output[-8000:]
+    after = {h: inspect(h)["State"]["StartedAt"] for h in (HEAD, WORKER)}
+    assert all(after[h] != before[h] for h in (HEAD, WORKER)), (before, after)
+    for host in (HEAD, WORKER):
+        assert "LLMOPS_MN_UPGRADE=1" in inspect(host)["Config"]["Env"], host
+    assert len(chat(HEAD, 20)) == 20
+    served = engines_served(HEAD)
+    assert served.get("0", 0) > 0 and served.get("1", 0) > 0, served
 
 
 def test_a_killed_worker_brings_the_instance_down_and_the_next_run_back(converged, inventory):
