@@ -318,7 +318,8 @@ def multinode_container_args(instance, settings, plan, node, ray_wait_s=600):
     labels[NODES_LABEL] = ",".join(n["host"] for n in plan["nodes"])
     args["labels"] = labels
     if head:
-        url = "http://%s:%s/health" % (_local_host(instance), instance["port"])
+        # the resolved instance's local_url: the address vLLM listens on (host network: no port mapping)
+        url = "%s/health" % instance["local_url"]
         args["healthcheck"] = dict(args["healthcheck"], test=[
             "CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen(%r, timeout=5)" % url])
     else:
@@ -326,8 +327,3 @@ def multinode_container_args(instance, settings, plan, node, ray_wait_s=600):
         args["healthcheck"] = {"test": ["NONE"]}
     return args
 
-
-def _local_host(instance):
-    bind = str(instance.get("bind_address") or "0.0.0.0")
-    host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
-    return "[%s]" % host if ":" in host else host
