@@ -326,4 +326,3 @@ def multinode_container_args(instance, settings, plan, node, ray_wait_s=600):
         # A worker serves no API: its container running is its health (the head's check covers the instance).
         args["healthcheck"] = {"test": ["NONE"]}
     return args
-
