@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar
+
 DOCKER_HUB = "docker.io"
 # The registry_cache role's defaults, for hosts whose inventory does not set them (role defaults
 # are not visible through another host's hostvars); tests/unit checks they match the role's.
@@ -12,11 +14,7 @@ REGISTRY_CACHE_DEFAULT_PORT = 5000
 
 
 def _get(hostvars, host, name, default=None):
-    try:
-        value = hostvars[host].get(name, default)
-    except (KeyError, AttributeError):
-        return default
-    return default if value in (None, "") else value
+    return hostvar(hostvars, host, name, default, blank_is_missing=True)
 
 
 def registry_cache_mirrors(cache_hosts, hostvars, this_host=None):

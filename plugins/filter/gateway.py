@@ -13,6 +13,8 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _get
+
 # HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 # Separates the inventory host from the instance in a server name (never part of either).
@@ -34,14 +36,6 @@ def _served_names(instance):
 def _is_loopback(address):
     address = str(address)
     return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
-
-
-def _get(hostvars, host, key, default=None):
-    try:
-        value = hostvars[host].get(key, default)
-    except (KeyError, AttributeError):
-        return default
-    return default if value is None else value
 
 
 def gateway_backends(hosts, hostvars, instances_var="vllm_server_served_instances"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_cli_key, vllm_config
+from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _hostvar
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
     CONTAINER_CONFIGS_DIR, _image_repository, pinned_image)
 
@@ -427,18 +428,6 @@ def vllm_multinode_node(plan, host):
 
 
 # ---- the role's wiring: every node of an instance runs the role in the same play, in lockstep ----------
-
-def _hostvar(hostvars, host, name, default=None):
-    # A host outside the inventory: ansible-core 2.19's hostvars gives an undefined value for it, whose .get
-    # fails at templating time rather than raising KeyError here (the plan names such a node itself).
-    try:
-        if host not in hostvars:
-            return default
-        value = hostvars[host].get(name, default)
-    except (KeyError, AttributeError, TypeError):
-        return default
-    return default if value is None else value
-
 
 def _plain(value):
     """A plain dict/list copy of a value read through hostvars (lazy containers compare as plain ones)."""
