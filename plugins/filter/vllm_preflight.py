@@ -99,7 +99,65 @@ def instance_gpus(instance, host_gpus):
     return list(host_gpus)[:int(gpus)]
 
 
-def vllm_model_problems(instances, models, host, host_gpus=None, running=None, cache_dir="", delivered=None):
+def vllm_hub_questions(instances, models):
+    """{model, revision} of each instance whose model the host's cache does not hold, to ask the hub about.
+
+    instances: the role's resolved instances; models: serving_host_info's models. Offline instances
+    are left out (the hub is not theirs to ask: the offline check speaks for them), and so are local
+    paths (serving_host_info leaves them out of its models).
+    """
+    by_model = dict((m.get("model"), m) for m in models or [])
+    questions = []
+    for instance in instances:
+        cached = by_model.get(str(instance.get("model")))
+        if cached is None or cached.get("cached") or _offline(instance):
+            continue
+        question = vllm_model_ref(instance)
+        if question not in questions:
+            questions.append(question)
+    return questions
+
+
+def _hub_answer(hub, model, revision):
+    for answer in hub or []:
+        if answer.get("model") == model and str(answer.get("revision") or "main") == revision:
+            return answer
+    return None
+
+
+def _hub_refusal(where, instance, answer):
+    """The sentence for a model the hub refused to describe, naming what to change; None to go on without a config."""
+    model, revision = str(instance.get("model")), str(instance.get("revision") or "main")
+    hub, said, status, problem = answer.get("endpoint") or "the hub", answer.get("error") or "", answer.get("status"), answer.get("problem")
+    quoted = "%s answered%s: \"%s\"" % (hub, " HTTP %s" % status if status else "", said)
+    if problem == "gated":
+        if answer.get("token"):
+            return ("%s: %s is gated on Hugging Face and vllm_server_hf_token has no access to it (%s). Accept the model's "
+                    "license on its Hugging Face page with the account of that token, or set vllm_server_hf_token (from "
+                    "Ansible Vault) to a token of an account that has access. Nothing was changed on the host."
+                    % (where, model, quoted))
+        return ("%s: %s is gated on Hugging Face and no token was given (%s). Accept the model's license on its Hugging "
+                "Face page, then set vllm_server_hf_token (from Ansible Vault) to a token of that account. Nothing was "
+                "changed on the host." % (where, model, quoted))
+    if problem == "not_found":
+        return ("%s: model %s was not found on %s (%s). Check the instance's model (vllm_server_instances[%s].model, or "
+                "vllm_server_model); a private model also needs vllm_server_hf_token. Nothing was changed on the host."
+                % (where, model, hub, quoted, instance.get("name")))
+    if problem == "revision":
+        return ("%s: %s has no revision %s on %s (%s). Set the instance's revision to a branch, tag or commit of the model "
+                "(vllm_server_instances[%s].revision). Nothing was changed on the host."
+                % (where, model, revision, hub, quoted, instance.get("name")))
+    if problem == "token_rejected":
+        return ("%s: %s rejected vllm_server_hf_token (%s): set it to a valid token (from Ansible Vault). Nothing was changed "
+                "on the host." % (where, hub, quoted))
+    if problem == "no_config":
+        return ("%s: %s at revision %s has no config.json on %s, so vLLM cannot load it as a Hugging Face model. Check the "
+                "instance's model (vllm_server_instances[%s].model) and revision. Nothing was changed on the host."
+                % (where, model, revision, hub, instance.get("name")))
+    return None
+
+
+def vllm_model_problems(instances, models, host, host_gpus=None, running=None, cache_dir="", delivered=None, hub=None):
     """Sentences for each instance that vLLM would refuse to start, judged from its model's config.json.
 
     instances: the role's resolved instances; models: serving_host_info's models (the cached copies);
@@ -107,7 +165,10 @@ def vllm_model_problems(instances, models, host, host_gpus=None, running=None, c
     the instances whose container runs now (their memory is part of what a GPU uses, so the free
     memory check would count them twice); cache_dir: the models' cache, for messages; delivered: names
     of the instances whose model the role itself puts into the cache before they start (fetched on the
-    control node and copied), which need not be there yet.
+    control node and copied), which need not be there yet; hub: hf_model_config's models, the hub's
+    answers for the models the cache does not hold (their config.json is judged as a cached one is,
+    and a model the hub refuses to describe, gated, missing or at a revision it does not have, is
+    refused here, before anything is downloaded or changed).
     """
     by_model = dict((m.get("model"), m) for m in models or [])
     host_gpus = host_gpus or []
@@ -132,6 +193,13 @@ def vllm_model_problems(instances, models, host, host_gpus=None, running=None, c
                    "" if not cached.get("snapshot") else ", which has no weights or config.json for revision %s"
                    % cached.get("revision")))
         config = cached.get("config") or {}
+        answer = None if cached.get("cached") else _hub_answer(hub, model, str(instance.get("revision") or "main"))
+        if answer is not None:
+            refusal = _hub_refusal(where, instance, answer)
+            if refusal:
+                problems.append(refusal)
+                continue
+            config = config or answer.get("config") or {}
         if cached.get("error"):
             problems.append("%s: the cached config.json of %s cannot be read: %s." % (where, model, cached["error"]))
         heads = config.get("num_attention_heads")
@@ -226,4 +294,5 @@ class FilterModule(object):
             "registry_password_problems": registry_password_problems,
             "vllm_model_problems": vllm_model_problems,
             "vllm_model_ref": vllm_model_ref,
+            "vllm_hub_questions": vllm_hub_questions,
         }

@@ -24,7 +24,8 @@ description:
   - B(Models.) For each of O(models), whether the Hugging Face cache in O(hf_cache) holds it (the
     snapshot its revision points at, with a C(config.json) and weight files), and the fields of its
     C(config.json) that decide whether vLLM can serve it as asked (attention heads, C(auto_map), dtype,
-    context length).
+    context length, the shape of its KV cache), and the bytes of the weight files vLLM would load (the
+    safetensors index's C(total_size) when there is one).
 author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
@@ -135,6 +136,7 @@ models:
       cached: true
       snapshot: /data/vllm/models/hub/models--Qwen--Qwen2.5-1.5B-Instruct/snapshots/989aa7980e4cf806f80c7fef2b1adb7bc71aa306
       weights: true
+      weights_bytes: 3087467144
       config: {architectures: [Qwen2ForCausalLM], model_type: qwen2, num_attention_heads: 12, num_key_value_heads: 2,
                torch_dtype: bfloat16, max_position_embeddings: 32768, auto_map: false, rope_scaling: false}
       error: ""
@@ -155,6 +157,13 @@ import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import (
+    SAFETENSORS_INDEX,
+    index_total_size,
+    model_config_summary,
+    weight_files,
+)
 
 _SS_USERS = re.compile(r'\("([^"]+)",pid=(\d+)')
 _PUBLISHED = re.compile(r"(?:^|,\s*)(?:\[?[0-9a-fA-F.:]*\]?):(\d+)(?:-(\d+))?->")
@@ -241,37 +250,13 @@ def published_ports(text):
     return result
 
 
-CONFIG_FIELDS = ("architectures", "model_type", "num_attention_heads", "num_key_value_heads", "torch_dtype", "dtype",
-                 "max_position_embeddings")
-# multimodal models keep the language model's numbers in a sub-config
-TEXT_CONFIGS = ("text_config", "llm_config", "language_config")
-WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
-
-
-def model_config_summary(config):
-    """The fields of a config.json that the preflight checks read; a text sub-config fills in what the top lacks."""
-    summary = {"auto_map": isinstance(config.get("auto_map"), dict) and bool(config.get("auto_map"))}
-    # a RoPE scaling stretches the context beyond max_position_embeddings (transformers 5 calls it rope_parameters)
-    summary["rope_scaling"] = any(isinstance(config.get(k), dict) and "factor" in config[k] for k in ("rope_scaling", "rope_parameters"))
-    sources = [config] + [config[k] for k in TEXT_CONFIGS if isinstance(config.get(k), dict)]
-    for field in CONFIG_FIELDS:
-        for source in sources:
-            if source.get(field) is not None:
-                summary[field] = source[field]
-                break
-    if "dtype" in summary and "torch_dtype" not in summary:
-        # transformers 4.56+ writes dtype where older ones wrote torch_dtype
-        summary["torch_dtype"] = summary["dtype"]
-    summary.pop("dtype", None)
-    return summary
-
-
 def cached_model(cache, model, revision="main"):
     """What the Hugging Face cache at cache holds of model at revision (huggingface_hub's layout:
     models--org--name/refs/<revision> names the commit, snapshots/<commit>/ holds its files)."""
     import json
 
-    entry = {"model": model, "revision": revision, "cached": False, "snapshot": "", "weights": False, "config": {}, "error": ""}
+    entry = {"model": model, "revision": revision, "cached": False, "snapshot": "", "weights": False, "weights_bytes": 0,
+             "config": {}, "error": ""}
     repo = os.path.join(cache, "models--" + model.replace("/", "--"))
     commit = read(os.path.join(repo, "refs", revision)).strip() or revision
     snapshot = os.path.join(repo, "snapshots", commit)
@@ -284,10 +269,23 @@ def cached_model(cache, model, revision="main"):
             entry["config"] = model_config_summary(json.loads(read(config_path)))
         except (ValueError, AttributeError) as e:
             entry["error"] = "%s is not a JSON object: %s" % (config_path, e)
-    for dummy, dummy2, files in os.walk(snapshot, followlinks=True):
-        if any(name.endswith(WEIGHTS) for name in files):
-            entry["weights"] = True
-            break
+    sizes = {}
+    for root, dummy, files in os.walk(snapshot, followlinks=True):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                sizes[os.path.relpath(path, snapshot)] = os.path.getsize(path)
+            except OSError:
+                continue
+    weights = weight_files(sizes)
+    entry["weights"] = bool(weights)
+    index = None
+    if os.path.exists(os.path.join(snapshot, SAFETENSORS_INDEX)):
+        try:
+            index = index_total_size(json.loads(read(os.path.join(snapshot, SAFETENSORS_INDEX))))
+        except ValueError:
+            index = None
+    entry["weights_bytes"] = index or sum(weights.values())
     entry["cached"] = os.path.exists(config_path) and entry["weights"]
     return entry
 

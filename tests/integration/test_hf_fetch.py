@@ -269,3 +269,69 @@ def test_hf_cache_check_passes_on_a_fetch_and_fails_on_a_corrupt_copy(hub, tmp_p
     assert [b["file"] for b in bad["bad_files"]] == ["model.safetensors", "tokenizer.json"]
     assert "does not match its sha256" in bad["msg"] and "is missing from the snapshot" in bad["msg"]
     assert "Delete %s and run again" % storage in bad["msg"]
+
+
+# ---- llmops.vllm.hf_model_config: what a model is, before any host downloads it ----------------------
+
+def describe(hub, *models, **args):
+    run = ModuleRun(dict({"models": [dict(model=m, revision="main") if isinstance(m, str) else m for m in models],
+                          "endpoint": hub.url}, **args), module="llmops.vllm.hf_model_config")
+    return run.result(timeout=300)
+
+
+def small_files_bytes(repo_id):
+    """The bytes of config.json and generation_config.json: all hf_model_config may download of a model."""
+    commit = open(os.path.join(SOURCE, folder(repo_id), "refs", "main")).read()
+    snapshot = os.path.join(SOURCE, folder(repo_id), "snapshots", commit)
+    return sum(os.path.getsize(os.path.join(snapshot, n)) for n in ("config.json", "generation_config.json")
+               if os.path.exists(os.path.join(snapshot, n)))
+
+
+def test_hf_model_config_describes_a_model_without_downloading_its_weights(hub, tmp_path):
+    hub.reset()
+    result = describe(hub, CHAT)
+    assert result["changed"] is False
+    entry = result["models"][0]
+    commit = open(os.path.join(SOURCE, folder(CHAT), "refs", "main")).read()
+    assert entry["problem"] == "" and entry["commit"] == commit, entry
+    config = entry["config"]
+    # make_tiny_model's LlamaConfig
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["num_hidden_layers"], config["head_dim"],
+            config["hidden_size"], config["max_position_embeddings"]) == (2, 2, 2, 64, 128, 2048), config
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["auto_map"] is False
+    weights = os.path.getsize(os.path.join(SOURCE, folder(CHAT), "snapshots", commit, "model.safetensors"))
+    assert entry["weights_bytes"] == weights
+    assert entry["generation_config"].get("eos_token_id") is not None
+    stats = hub.stats()
+    assert stats["bytes_served"] == small_files_bytes(CHAT), stats
+    assert "cdn_get" not in stats["requests_by_kind"], "a weight file was downloaded"
+
+
+def test_hf_model_config_says_what_the_hub_refused(hub, tmp_path):
+    result = describe(hub, "llmops-test/no-such-model", dict(model=CHAT, revision="v9"), GATED)
+    missing, revision, gated = result["models"]
+    assert (missing["problem"], missing["status"]) == ("not_found", 401), missing  # no token: the Hub hides it as private
+    assert (revision["problem"], revision["status"]) == ("revision", 404), revision
+    assert (gated["problem"], gated["status"], gated["token"]) == ("gated", 401, False), gated
+    assert gated["config"] == {}
+
+
+def test_hf_model_config_tells_a_token_without_access_from_a_granted_one(hub, tmp_path):
+    denied = describe(hub, GATED, token=DENIED)
+    assert (denied["models"][0]["problem"], denied["models"][0]["status"]) == ("gated", 403), denied
+    assert DENIED not in json.dumps(denied)
+    granted = describe(hub, GATED, token=GRANTED)["models"][0]
+    assert granted["problem"] == "" and granted["config"]["num_attention_heads"] == 2, granted
+    rejected = describe(hub, CHAT, token="hf_not_a_token")["models"][0]
+    assert rejected["problem"] == "token_rejected" and rejected["status"] == 401, rejected
+
+
+def test_hf_model_config_skips_with_a_warning_when_the_hub_does_not_answer(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    run = ModuleRun({"models": [{"model": CHAT}], "endpoint": "http://127.0.0.1:%d" % port}, module="llmops.vllm.hf_model_config")
+    result = run.result(timeout=300)
+    assert not result.get("failed"), result
+    assert result["models"][0]["problem"] == "unreachable", result
+    assert any("could not ask http://127.0.0.1:%d about it" % port in w for w in result.get("warnings", [])), result

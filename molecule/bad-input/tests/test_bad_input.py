@@ -99,6 +99,80 @@ MODEL_CASES = [
 ]
 
 
+# A first deploy: the model is in no cache yet, and the hub (the stand-in, tests/doubles/hf-hub: Hugging
+# Face is unreachable here) is asked about it from the control node before anything changes.
+HUB_TOKEN, HUB_TOKEN_DENIED = "hf_llmops_bad_input_granted", "hf_llmops_bad_input_denied"
+HUB_MODELS = {
+    "llmops-test/hub-heads-2": HEADS_2,
+    "llmops-test/hub-custom-code": dict(HEADS_2, model_type="llmops_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig"}),
+    "llmops-test/hub-gated": HEADS_2,
+}
+HUB_CASES = [
+    ("gated model without a token", "llmops-test/hub-gated", {}, {},
+     "Instance vllm on llmops-bad-input: llmops-test/hub-gated is gated on Hugging Face and no token was given "
+     "(%(hub)s answered HTTP 401"),
+    ("gated model with a token not granted", "llmops-test/hub-gated", {}, {"vllm_server_hf_token": HUB_TOKEN_DENIED},
+     "Instance vllm on llmops-bad-input: llmops-test/hub-gated is gated on Hugging Face and vllm_server_hf_token has no "
+     "access to it (%(hub)s answered HTTP 403"),
+    ("model not on the hub", "llmops-test/hub-no-such-model", {}, {"vllm_server_hf_token": HUB_TOKEN},
+     "Instance vllm on llmops-bad-input: model llmops-test/hub-no-such-model was not found on %(hub)s"),
+    ("revision not on the hub", "llmops-test/hub-heads-2", {}, {"vllm_server_instances": [dict(TINY, model="llmops-test/hub-heads-2",
+                                                                                                 revision="v9")]},
+     "Instance vllm on llmops-bad-input: llmops-test/hub-heads-2 has no revision v9 on %(hub)s"),
+    ("heads that tensor parallelism cannot split, on a first deploy", "llmops-test/hub-heads-2", {"tensor_parallel_size": 3}, {},
+     "Instance vllm on llmops-bad-input: llmops-test/hub-heads-2 has 2 attention heads, which do not divide evenly by "
+     "tensor_parallel_size 3"),
+    ("custom code without trust_remote_code, on a first deploy", "llmops-test/hub-custom-code", {}, {},
+     "Instance vllm on llmops-bad-input: llmops-test/hub-custom-code ships its own code (auto_map in its config.json), "
+     "which vLLM runs only with trust_remote_code"),
+]
+
+
+def hub_layout(root, repo_id, config):
+    """A model in the Hugging Face cache layout the stand-in serves: config.json (a git blob) and a
+    small model.safetensors (an LFS file), each named by its hash as the Hub names them."""
+    import hashlib
+    import json
+    import os
+
+    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
+    files = {"config.json": json.dumps(config).encode(), "model.safetensors": b"\0" * 64}
+    ids = {"config.json": hashlib.sha1(b"blob %d\0" % len(files["config.json"]) + files["config.json"]).hexdigest(),
+           "model.safetensors": hashlib.sha256(files["model.safetensors"]).hexdigest()}
+    commit = hashlib.sha1("".join("%s %s\n" % (ids[f], f) for f in sorted(files)).encode()).hexdigest()
+    for d in ("blobs", "refs", os.path.join("snapshots", commit)):
+        os.makedirs(os.path.join(repo, d))
+    for name, data in files.items():
+        with open(os.path.join(repo, "blobs", ids[name]), "wb") as f:
+            f.write(data)
+        os.symlink(os.path.join("..", "..", "blobs", ids[name]), os.path.join(repo, "snapshots", commit, name))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(commit)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """The stand-in on a port of its own, serving HUB_MODELS, with hub-gated granted to HUB_TOKEN only."""
+    import json
+    import os
+    import socket
+    import subprocess
+
+    models = tmp_path_factory.mktemp("hub-models")
+    for repo_id, config in HUB_MODELS.items():
+        hub_layout(str(models), repo_id, config)
+    config = tmp_path_factory.mktemp("hub-config") / "config.json"
+    config.write_text(json.dumps({"tokens": [HUB_TOKEN, HUB_TOKEN_DENIED], "gated": {"llmops-test/hub-gated": [HUB_TOKEN]}}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    control = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "tests", "doubles", "hf-hub")
+    env = dict(os.environ, LLMOPS_HF_HUB_PORT=str(port), LLMOPS_HF_HUB_MODELS=str(models), LLMOPS_HF_HUB_CONFIG=str(config))
+    subprocess.run([control, "up"], env=env, check=True, timeout=60)
+    yield "http://127.0.0.1:%d" % port
+    subprocess.run([control, "down"], env=env, check=True, timeout=60)
+
+
 def seed_model(host, model, config):
     import json
 
@@ -152,6 +226,30 @@ def test_models_vllm_would_refuse_stop_the_play(host, model, config, options, ex
         assert host_state(host) == before, "the failed run changed the host"
     finally:
         host.run("rm -rf /data")
+
+
+@pytest.mark.parametrize("model, options, extra_vars, expected", [c[1:] for c in HUB_CASES], ids=[c[0] for c in HUB_CASES])
+def test_a_first_deploy_refuses_what_the_hub_says_before_anything_changes(host, hub, model, options, extra_vars, expected):
+    before = host_state(host)
+    # online (the inventory serves offline), the model in no cache, the hub asked from the control node
+    run_vars = {"vllm_server_env": {}, "vllm_server_hf_endpoint": hub, "vllm_server_options": options,
+                "vllm_server_instances": [dict(TINY, model=model)]}
+    result = run_playbook("site.yml", dict(run_vars, **extra_vars), verbosity=1)
+    assert result.returncode != 0
+    assert expected % {"hub": hub} in " ".join(result.output.split()), result.output[-3000:]
+    assert HUB_TOKEN_DENIED not in result.output and HUB_TOKEN not in result.output, "the token was printed"
+    assert host_state(host) == before, "the failed run changed the host"
+
+
+def test_a_first_deploy_of_a_model_the_hub_grants_passes_the_model_checks(host, hub):
+    """The control: the gated model with a granted token passes every model check (the run then stops
+    at the first step that changes the host, which this scenario's check mode does not take)."""
+    result = run_playbook("site.yml", {"vllm_server_env": {}, "vllm_server_hf_endpoint": hub, "vllm_server_hf_token": HUB_TOKEN,
+                                       "vllm_server_instances": [dict(TINY, model="llmops-test/hub-gated")]},
+                          check=True, extra_args=["--tags", "preflight"])
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Ask the hub about those models, once for the whole play" in result.output
+    assert "is gated" not in result.output
 
 
 def test_the_host_is_bare(host):

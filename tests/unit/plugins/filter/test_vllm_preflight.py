@@ -10,7 +10,7 @@ import json
 import pytest
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import (
-    registry_password_problems, vllm_model_problems, vllm_model_ref, vllm_secret_problems)
+    registry_password_problems, vllm_hub_questions, vllm_model_problems, vllm_model_ref, vllm_secret_problems)
 from ansible_collections.llmops.vllm.plugins.modules import serving_host_info
 
 H100 = {"index": 0, "uuid": "GPU-h100", "name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559, "memory_used_mib": 0,
@@ -182,7 +182,8 @@ def test_the_cached_config_is_read_through_refs(tmp_path):
     entry = serving_host_info.cached_model(str(tmp_path), "org/llama")
     assert entry["cached"] is True and entry["snapshot"] == str(snapshot) and entry["weights"] is True
     assert entry["config"] == {"architectures": ["X"], "model_type": "x", "num_attention_heads": 12, "torch_dtype": "bfloat16",
-                               "auto_map": True, "max_position_embeddings": 4096, "rope_scaling": True}
+                               "auto_map": True, "max_position_embeddings": 4096, "rope_scaling": True, "quantization": ""}
+    assert entry["weights_bytes"] == 1
 
 
 def test_a_multimodal_config_gives_its_text_models_numbers(tmp_path):
@@ -199,3 +200,86 @@ def test_a_model_without_weights_or_absent_is_not_cached(tmp_path):
     absent = serving_host_info.cached_model(str(tmp_path), "org/other")
     assert absent["cached"] is False and absent["snapshot"] == "" and absent["config"] == {}
     assert serving_host_info.cached_model(str(tmp_path), "org/llama", revision="v2")["cached"] is False
+
+
+def test_the_weights_are_the_safetensors_index_total_when_there_is_one(tmp_path):
+    snapshot = seed(tmp_path, {"num_attention_heads": 8, "quantization_config": {"quant_method": "awq", "bits": 4}})
+    (snapshot / "model-00001-of-00002.safetensors").write_text("x" * 10)
+    (snapshot / "pytorch_model.bin").write_text("x" * 1000)  # vLLM loads the safetensors, not this
+    entry = serving_host_info.cached_model(str(tmp_path), "org/llama")
+    assert entry["weights_bytes"] == 11
+    assert entry["config"]["quantization"] == "awq"
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 16060522496}, "weight_map": {}}))
+    assert serving_host_info.cached_model(str(tmp_path), "org/llama")["weights_bytes"] == 16060522496
+
+
+# ---- a first deploy: the hub's answers for models no host has cached yet (hf_model_config) ------------
+
+def answer(model="org/llama", problem="", config=None, status=0, error="", token=False, revision="main"):
+    return {"model": model, "revision": revision, "commit": "c0ffee" if not problem else "", "config": config or {},
+            "weights_bytes": 0, "problem": problem, "status": status, "error": error, "endpoint": "http://hub.test",
+            "token": token}
+
+
+def test_the_hub_is_asked_only_about_models_no_cache_holds_and_that_are_not_offline():
+    instances = [instance(name="a", model="org/llama"), instance(name="b", model="org/new"),
+                 instance(name="c", model="org/new"), instance(name="d", model="org/offline", env={"HF_HUB_OFFLINE": "1"}),
+                 dict(instance(name="e", model="org/new"), revision="v2")]
+    models = [cached(), cached(model="org/new", is_cached=False), cached(model="org/offline", is_cached=False)]
+    assert vllm_hub_questions(instances, models) == [{"model": "org/new", "revision": "main"},
+                                                     {"model": "org/new", "revision": "v2"}]
+    # a local path is not in serving_host_info's models, so it is never asked about
+    assert vllm_hub_questions([instance(model="/models/llama")], []) == []
+
+
+def refusal(answer_, **instance_args):
+    inst = instance(**dict(dict(gpus="none"), **instance_args))
+    return " ".join(vllm_model_problems([inst], [cached(model=inst["model"], is_cached=False)], "gpu-1", [], [],
+                                        "/data/vllm/models/hub", [], [answer_]))
+
+
+def test_a_gated_model_without_a_token_is_refused_naming_the_token_variable():
+    text = refusal(answer(problem="gated", status=401, error="Access to model org/llama is restricted. Please log in."))
+    assert text.startswith("Instance vllm on gpu-1: org/llama is gated on Hugging Face and no token was given")
+    assert "set vllm_server_hf_token (from Ansible Vault)" in text
+    assert '"Access to model org/llama is restricted. Please log in."' in text and "HTTP 401" in text
+
+
+def test_a_token_without_access_to_a_gated_model_is_told_apart():
+    text = refusal(answer(problem="gated", status=403, token=True, error="not in the authorized list"))
+    assert "vllm_server_hf_token has no access to it" in text and "HTTP 403" in text
+
+
+def test_a_missing_model_or_revision_names_the_instance_field():
+    text = refusal(answer(problem="not_found", status=404, error="Repository not found"))
+    assert "model org/llama was not found on http://hub.test" in text and "vllm_server_instances[vllm].model" in text
+    inst = dict(instance(gpus="none"), revision="v9")
+    text = " ".join(vllm_model_problems([inst], [dict(cached(is_cached=False), revision="v9")], "gpu-1", [], [], "", [],
+                                        [answer(problem="revision", status=404, error="Revision not found", revision="v9")]))
+    assert "org/llama has no revision v9 on http://hub.test" in text and "vllm_server_instances[vllm].revision" in text
+
+
+def test_a_rejected_token_is_named():
+    assert "http://hub.test rejected vllm_server_hf_token" in refusal(answer(problem="token_rejected", status=401))
+
+
+def test_an_unreachable_hub_refuses_nothing():
+    assert refusal(answer(problem="unreachable", error="connection refused")) == ""
+    assert refusal(answer(problem="unavailable", error="huggingface_hub is not installed")) == ""
+
+
+def test_the_hubs_config_is_judged_as_a_cached_one_is():
+    heads = refusal(answer(config=dict(LLAMA, num_attention_heads=2)), options={"tensor_parallel_size": 3})
+    assert "org/llama has 2 attention heads, which do not divide evenly by tensor_parallel_size 3" in heads
+    code = refusal(answer(config=dict(LLAMA, auto_map=True)))
+    assert "ships its own code (auto_map in its config.json)" in code and "trust_remote_code" in code
+    assert refusal(answer(config=dict(LLAMA, auto_map=True)), options={"trust_remote_code": True}) == ""
+    longer = refusal(answer(config=LLAMA), options={"max_model_len": 16384})
+    assert "max_model_len 16384 is longer than org/llama's context (max_position_embeddings 8192" in longer
+    # an answer for another revision is not this instance's
+    assert refusal(dict(answer(config=dict(LLAMA, auto_map=True)), revision="v2")) == ""
+
+
+def test_a_cached_model_is_never_judged_by_the_hub():
+    inst = instance(gpus="none")
+    assert vllm_model_problems([inst], [cached()], "gpu-1", [], [], "", [], [answer(problem="gated", status=401)]) == []

@@ -1,0 +1,124 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+#
+# This module_utils is PRIVATE to the collection. It can change without notice
+# and must not be used by anything outside llmops.vllm.
+#
+# Asking the Hugging Face Hub (or a mirror) what a model is, before any host downloads it: the
+# commit its revision names, whether this token may read its files, its config.json and the size of
+# its weights. A few KB per model: the config files, the safetensors index and the file list, never
+# a weight. Needs huggingface_hub where it runs (the control node).
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import traceback
+
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import (
+    SAFETENSORS_INDEX,
+    index_total_size,
+    model_config_summary,
+    weight_files,
+)
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+try:
+    import httpx2
+    from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.hf_api import RepoFile
+
+    HF_IMPORT_ERROR = None
+except ImportError:
+    HF_IMPORT_ERROR = traceback.format_exc()
+
+# What a failed question means, for the preflight's refusals (vllm_preflight.vllm_model_problems).
+GATED, NOT_FOUND, REVISION, TOKEN, UNREACHABLE, NO_CONFIG, OTHER, UNAVAILABLE = (
+    "gated", "not_found", "revision", "token_rejected", "unreachable", "no_config", "other", "unavailable")
+# what the small files of a model are called; only config.json must exist
+CONFIG_FILES = ("config.json", "generation_config.json")
+
+
+class Asker(object):
+    def __init__(self, endpoint=None, token=None):
+        self.endpoint = (endpoint or "").rstrip("/") or None
+        self.where = self.endpoint or constants.ENDPOINT
+        self.token = token or None
+        self.api = HfApi(endpoint=self.endpoint, token=self.token, library_name="llmops.vllm")
+
+    def words(self, error):
+        """The hub's own words, on one line, never the token."""
+        text = str(getattr(error, "server_message", None) or error)
+        if self.token:
+            text = text.replace(self.token, "********")
+        return " ".join(text.split())[:400]
+
+    def failure(self, entry, error):
+        """entry with problem, status and the hub's words for an error of a request."""
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(error, GatedRepoError):
+            kind = GATED
+        elif isinstance(error, RevisionNotFoundError):
+            kind = REVISION
+        elif isinstance(error, RepositoryNotFoundError):
+            kind = NOT_FOUND
+        elif isinstance(error, EntryNotFoundError):
+            kind = NO_CONFIG
+        elif isinstance(error, (OfflineModeIsEnabled, httpx2.TransportError)) or (status or 0) >= 500:
+            kind = UNREACHABLE
+        elif status == 401:
+            kind = TOKEN
+        else:
+            kind = OTHER
+        entry.update(problem=kind, status=status or 0, error=self.words(error) or type(error).__name__)
+        return entry
+
+    def ask(self, model, revision):
+        entry = {"model": model, "revision": revision, "commit": "", "gated": False, "config": {}, "generation_config": {},
+                 "weights_bytes": 0, "files": 0, "problem": "", "status": 0, "error": "", "endpoint": self.where,
+                 "token": bool(self.token)}
+        scratch = tempfile.mkdtemp(prefix="llmops-hf-config-")
+        try:
+            info = self.api.repo_info(repo_id=model, revision=revision, token=self.token)
+            entry["commit"] = info.sha or ""
+            entry["gated"] = bool(getattr(info, "gated", False))
+            sizes = dict((f.path, f.size or 0) for f in self.api.list_repo_tree(model, revision=entry["commit"] or revision,
+                                                                               recursive=True, token=self.token)
+                         if isinstance(f, RepoFile))
+            entry["files"] = len(sizes)
+            # the gate guards the files, not the metadata: this is where a token without access is refused
+            config = self.download(model, entry["commit"] or revision, "config.json", scratch)
+            entry["config"] = model_config_summary(config) if isinstance(config, dict) else {}
+            if "generation_config.json" in sizes:
+                generation = self.download(model, entry["commit"] or revision, "generation_config.json", scratch)
+                entry["generation_config"] = generation if isinstance(generation, dict) else {}
+            total = None
+            if SAFETENSORS_INDEX in sizes:
+                total = index_total_size(self.download(model, entry["commit"] or revision, SAFETENSORS_INDEX, scratch))
+            entry["weights_bytes"] = total or sum(weight_files(sizes).values())
+        except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError) as e:
+            self.failure(entry, e)
+        except (ValueError, OSError) as e:
+            entry.update(problem=OTHER, error=self.words(e))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return entry
+
+    def download(self, model, revision, name, scratch):
+        path = hf_hub_download(model, name, revision=revision, cache_dir=scratch, endpoint=self.endpoint, token=self.token,
+                               library_name="llmops.vllm")
+        with open(path) as f:
+            return json.load(f)

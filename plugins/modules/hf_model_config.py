@@ -1,0 +1,144 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: hf_model_config
+short_description: Ask the Hugging Face Hub or a mirror what models are, without downloading them
+version_added: 0.2.0
+description:
+  - For each model, asks the hub (or the mirror in O(endpoint)) for the commit its revision names,
+    reads its C(config.json) (and C(generation_config.json), and the safetensors index when there
+    is one) and lists its files, so that a preflight can judge the model before any host downloads it -
+    attention heads against tensor parallelism, custom code, context length, the KV cache and the
+    weights' size.
+  - Reading C(config.json) is what a token without access to a gated model is refused at; the
+    answer says so (RV(models[].problem)), as it says a model or revision the hub does not have.
+  - A few KB per model; no weight is downloaded and nothing is written outside a temporary directory
+    that is removed again.
+  - The module does not fail on a model the hub refuses or cannot be reached for; each entry carries
+    the problem and the hub's own words, and the caller decides (the vllm_server role refuses the
+    instance, naming the variable to change). A hub it cannot reach, and a control node without
+    huggingface_hub, give a warning and entries with RV(models[].problem) V(unreachable) or
+    V(unavailable) - the check is skipped, not failed.
+requirements:
+  - huggingface_hub on the host that runs the module (tested with 2.4.0, the version vLLM 0.32.0 ships).
+author:
+  - llmops.vllm developers (@llmops)
+extends_documentation_fragment:
+  - llmops.vllm.attributes
+options:
+  models:
+    description: The models to ask about.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      model:
+        description: The model, C(<org>/<name>) as on the hub.
+        type: str
+        required: true
+      revision:
+        description: A branch, a tag or a commit hash.
+        type: str
+        default: main
+  endpoint:
+    description:
+      - The hub or mirror to ask (what C(HF_ENDPOINT) sets). Unset, huggingface_hub's default applies
+        (C(HF_ENDPOINT) in the environment of the module, else V(https://huggingface.co)).
+    type: str
+  token:
+    description: A Hugging Face access token, for gated and private models.
+    type: str
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+seealso:
+  - module: llmops.vllm.hf_model_fetch
+  - module: llmops.vllm.serving_host_info
+"""
+
+EXAMPLES = r"""
+- name: Ask the hub about the models before any host downloads them
+  llmops.vllm.hf_model_config:
+    models:
+      - {model: meta-llama/Llama-3.1-8B-Instruct, revision: main}
+    token: "{{ vllm_server_hf_token | default(omit, true) }}"
+  delegate_to: localhost
+  run_once: true
+  register: __hub
+"""
+
+RETURN = r"""
+models:
+  description: One entry per model of O(models).
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - model: meta-llama/Llama-3.1-8B-Instruct
+      revision: main
+      commit: 0e9e39f249a16976918f6564b8830bc894c89659
+      gated: true
+      config: {architectures: [LlamaForCausalLM], model_type: llama, num_attention_heads: 32, num_key_value_heads: 8,
+               num_hidden_layers: 32, hidden_size: 4096, head_dim: 128, torch_dtype: bfloat16,
+               max_position_embeddings: 131072, auto_map: false, rope_scaling: true, quantization: ""}
+      generation_config: {temperature: 0.6, top_p: 0.9}
+      weights_bytes: 16060522496
+      files: 17
+      problem: ""
+      status: 0
+      error: ""
+      endpoint: https://huggingface.co
+      token: true
+"""
+
+import sys
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_hub import HF_IMPORT_ERROR, OTHER, UNAVAILABLE, UNREACHABLE, Asker
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            models=dict(type="list", elements="dict", required=True, options=dict(
+                model=dict(type="str", required=True),
+                revision=dict(type="str", default="main"),
+            )),
+            endpoint=dict(type="str"),
+            token=dict(type="str", no_log=True),
+        ),
+        supports_check_mode=True,
+    )
+    if HF_IMPORT_ERROR is not None:
+        # a check that cannot run is skipped, loudly: the servers would still download the models themselves
+        module.warn("hf_model_config needs the Python library huggingface_hub where it runs, to ask the hub about %s before "
+                    "any host downloads them: `pip install huggingface_hub` (2.4.0 is the version tested) into the Python "
+                    "that runs modules on the control node (%s). Their config.json was not checked."
+                    % (", ".join(m["model"] for m in module.params["models"]), sys.executable))
+        module.exit_json(changed=False, models=[dict(model=m["model"], revision=m["revision"] or "main", problem=UNAVAILABLE,
+                                                     error="huggingface_hub is not installed", config={})
+                                                for m in module.params["models"]])
+    asker = Asker(module.params["endpoint"], module.params["token"])
+    models = [asker.ask(m["model"], m["revision"] or "main") for m in module.params["models"]]
+    for m in models:
+        if m["problem"] in (UNREACHABLE, OTHER):
+            module.warn("%s (revision %s): could not ask %s about it (%s), so its config.json was not checked before the "
+                        "run; the servers will download it themselves. Check vllm_server_hf_endpoint and the control "
+                        "node's network." % (m["model"], m["revision"], m["endpoint"], m["error"]))
+    module.exit_json(changed=False, models=models)
+
+
+if __name__ == "__main__":
+    main()
