@@ -13,6 +13,11 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
 export ANSIBLE_NOCOLOR ?= 1
+# Test traffic stays on this machine: a model that a test serves online and that no cache holds would
+# make the vllm_server preflight ask huggingface.co about it from the control node (hf_model_config).
+# Nothing listens on this port, so the question fails at once and the check is skipped with a warning;
+# tests that want answers point vllm_server_hf_endpoint at the hub stand-in (tests/doubles/hf-hub).
+export HF_ENDPOINT := http://127.0.0.1:9
 TOOLING := tests/tooling
 # The vLLM release the collection ships, named once in the vllm_server role's defaults.
 VLLM_VERSION := $(shell sed -n 's/^vllm_server_version: *//p' roles/vllm_server/defaults/main.yml)

@@ -53,7 +53,8 @@ CONFIG_FILES = ("config.json", "generation_config.json")
 
 
 class Asker(object):
-    def __init__(self, endpoint=None, token=None):
+    def __init__(self, endpoint=None, token=None, cache_dir=None):
+        self.cache_dir = cache_dir or None
         self.endpoint = (endpoint or "").rstrip("/") or None
         self.where = self.endpoint or constants.ENDPOINT
         self.token = token or None
@@ -90,7 +91,8 @@ class Asker(object):
         entry = {"model": model, "revision": revision, "commit": "", "gated": False, "config": {}, "generation_config": {},
                  "weights_bytes": 0, "files": 0, "problem": "", "status": 0, "error": "", "endpoint": self.where,
                  "token": bool(self.token)}
-        scratch = tempfile.mkdtemp(prefix="llmops-hf-config-")
+        # the small files go into the cache the download will complete (its files then come once), or nowhere
+        scratch = self.cache_dir or tempfile.mkdtemp(prefix="llmops-hf-config-")
         try:
             info = self.api.repo_info(repo_id=model, revision=revision, token=self.token)
             entry["commit"] = info.sha or ""
@@ -114,7 +116,8 @@ class Asker(object):
         except (ValueError, OSError) as e:
             entry.update(problem=OTHER, error=self.words(e))
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch != self.cache_dir:
+                shutil.rmtree(scratch, ignore_errors=True)
         return entry
 
     def download(self, model, revision, name, scratch):

@@ -18,8 +18,8 @@ description:
     weights' size.
   - Reading C(config.json) is what a token without access to a gated model is refused at; the
     answer says so (RV(models[].problem)), as it says a model or revision the hub does not have.
-  - A few KB per model; no weight is downloaded and nothing is written outside a temporary directory
-    that is removed again.
+  - A few KB per model; no weight is downloaded, and nothing is written outside a temporary directory
+    that is removed again, or O(cache_dir).
   - The module does not fail on a model the hub refuses or cannot be reached for; each entry carries
     the problem and the hub's own words, and the caller decides (the vllm_server role refuses the
     instance, naming the variable to change). A hub it cannot reach, and a control node without
@@ -54,10 +54,17 @@ options:
   token:
     description: A Hugging Face access token, for gated and private models.
     type: str
+  cache_dir:
+    description:
+      - A hub cache directory to keep the small files in (C(config.json), C(generation_config.json), the safetensors
+        index), in the layout M(llmops.vllm.hf_model_fetch) downloads into - so that a download into the same directory
+        later takes them from there and the hub sends each file once. Not written in check mode.
+      - Unset, the files go through a temporary directory that is removed again.
+    type: path
 attributes:
   check_mode:
     support: full
-    details: Read-only; runs the same in check mode.
+    details: Asks the hub the same in check mode; writes nothing to O(cache_dir) then.
   diff_mode:
     support: none
   idempotent:
@@ -118,6 +125,7 @@ def main():
             )),
             endpoint=dict(type="str"),
             token=dict(type="str", no_log=True),
+            cache_dir=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -130,7 +138,7 @@ def main():
         module.exit_json(changed=False, models=[dict(model=m["model"], revision=m["revision"] or "main", problem=UNAVAILABLE,
                                                      error="huggingface_hub is not installed", config={})
                                                 for m in module.params["models"]])
-    asker = Asker(module.params["endpoint"], module.params["token"])
+    asker = Asker(module.params["endpoint"], module.params["token"], None if module.check_mode else module.params["cache_dir"])
     models = [asker.ask(m["model"], m["revision"] or "main") for m in module.params["models"]]
     for m in models:
         if m["problem"] in (UNREACHABLE, OTHER):

@@ -105,8 +105,18 @@ def test_each_model_came_from_the_hub_once_for_the_whole_fleet():
     node), and each host holds a checked copy in its Hugging Face cache."""
     root = os.environ["MOLECULE_PROJECT_DIRECTORY"]
     stats = json.loads(subprocess.check_output([os.path.join(root, "tests", "doubles", "hf-hub"), "stats"], text=True))
-    revision, model_bytes = model_snapshot_bytes(os.path.join(root, ".cache", "models", "hub"), "llmops-test/tiny-chat")
-    assert stats["bytes_served"] == model_bytes, stats
+    hub = os.path.join(root, ".cache", "models", "hub")
+    revision, model_bytes = model_snapshot_bytes(hub, "llmops-test/tiny-chat")
+    # Every file once, to the control node, with one exception: the bare fleet's --check run (molecule's
+    # check step) also read config.json and generation_config.json to judge the model before any change
+    # (hf_model_config; check mode keeps nothing). The converge's own reading of them went into the control
+    # node's cache, from which the download took them: no second copy.
+    snapshot = os.path.join(hub, "models--llmops-test--tiny-chat", "snapshots", revision)
+    small = dict((name, os.path.getsize(os.path.join(snapshot, name))) for name in ("config.json", "generation_config.json"))
+    assert stats["bytes_served"] == model_bytes + sum(small.values()), stats
+    for name in os.listdir(snapshot):
+        served = stats["files"]["llmops-test/tiny-chat/" + name]
+        assert served["downloads"] == (2 if name in small else 1), (name, served)
     for name in GPU_HOSTS:
         host = fleet_host(name)
         result = host.ansible("llmops.vllm.hf_cache_check", "cache_dir=/data/vllm/models/hub repo_id=llmops-test/tiny-chat",
