@@ -102,13 +102,15 @@ MODEL_CASES = [
 # A first deploy: the model is in no cache yet, and the hub (the stand-in, tests/doubles/hf-hub: Hugging
 # Face is unreachable here) is asked about it from the control node before anything changes.
 HUB_TOKEN, HUB_TOKEN_DENIED = "hf_llmops_bad_input_granted", "hf_llmops_bad_input_denied"
+# the test inventory's vllm_server_hf_token: a valid token of the stand-in, granted no gated model
+INVENTORY_TOKEN = "hf_llmopsTestTokenNotReal"
 HUB_MODELS = {
     "llmops-test/hub-heads-2": HEADS_2,
     "llmops-test/hub-custom-code": dict(HEADS_2, model_type="llmops_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig"}),
     "llmops-test/hub-gated": HEADS_2,
 }
 HUB_CASES = [
-    ("gated model without a token", "llmops-test/hub-gated", {}, {},
+    ("gated model without a token", "llmops-test/hub-gated", {}, {"vllm_server_hf_token": ""},
      "Instance vllm on llmops-bad-input: llmops-test/hub-gated is gated on Hugging Face and no token was given "
      "(%(hub)s answered HTTP 401"),
     ("gated model with a token not granted", "llmops-test/hub-gated", {}, {"vllm_server_hf_token": HUB_TOKEN_DENIED},
@@ -162,7 +164,8 @@ def hub(tmp_path_factory):
     for repo_id, config in HUB_MODELS.items():
         hub_layout(str(models), repo_id, config)
     config = tmp_path_factory.mktemp("hub-config") / "config.json"
-    config.write_text(json.dumps({"tokens": [HUB_TOKEN, HUB_TOKEN_DENIED], "gated": {"llmops-test/hub-gated": [HUB_TOKEN]}}))
+    config.write_text(json.dumps({"tokens": [HUB_TOKEN, HUB_TOKEN_DENIED, INVENTORY_TOKEN],
+                                  "gated": {"llmops-test/hub-gated": [HUB_TOKEN]}}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -237,7 +240,8 @@ def test_a_first_deploy_refuses_what_the_hub_says_before_anything_changes(host, 
     result = run_playbook("site.yml", dict(run_vars, **extra_vars), verbosity=1)
     assert result.returncode != 0
     assert expected % {"hub": hub} in " ".join(result.output.split()), result.output[-3000:]
-    assert HUB_TOKEN_DENIED not in result.output and HUB_TOKEN not in result.output, "the token was printed"
+    for token in (HUB_TOKEN, HUB_TOKEN_DENIED, INVENTORY_TOKEN):
+        assert token not in result.output, "a token was printed"
     assert host_state(host) == before, "the failed run changed the host"
 
 
@@ -248,7 +252,7 @@ def test_a_first_deploy_of_a_model_the_hub_grants_passes_the_model_checks(host, 
                                        "vllm_server_instances": [dict(TINY, model="llmops-test/hub-gated")]},
                           check=True, extra_args=["--tags", "preflight"])
     assert result.returncode == 0, result.output[-3000:]
-    assert "Ask the hub about those models, once for the whole play" in result.output
+    assert "Ask the hub about those models, once for the whole run" in result.output
     assert "is gated" not in result.output
 
 
