@@ -97,9 +97,8 @@ class Asker(object):
             info = self.api.repo_info(repo_id=model, revision=revision, token=self.token)
             entry["commit"] = info.sha or ""
             entry["gated"] = bool(getattr(info, "gated", False))
-            sizes = dict((f.path, f.size or 0) for f in self.api.list_repo_tree(model, revision=entry["commit"] or revision,
-                                                                               recursive=True, token=self.token)
-                         if isinstance(f, RepoFile))
+            tree = self.api.list_repo_tree(model, revision=entry["commit"] or revision, recursive=True, token=self.token)
+            sizes = dict((f.path, f.size or 0) for f in tree if isinstance(f, RepoFile))
             entry["files"] = len(sizes)
             # the gate guards the files, not the metadata: this is where a token without access is refused
             config = self.download(model, entry["commit"] or revision, "config.json", scratch)

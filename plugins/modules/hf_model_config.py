@@ -87,26 +87,70 @@ EXAMPLES = r"""
 
 RETURN = r"""
 models:
-  description: One entry per model of O(models).
+  description: One entry per model of O(models), in their order.
   returned: success
   type: list
   elements: dict
-  sample:
-    - model: meta-llama/Llama-3.1-8B-Instruct
-      revision: main
-      commit: 0e9e39f249a16976918f6564b8830bc894c89659
-      gated: true
-      config: {architectures: [LlamaForCausalLM], model_type: llama, num_attention_heads: 32, num_key_value_heads: 8,
+  contains:
+    model:
+      description: The model, as asked.
+      type: str
+      sample: meta-llama/Llama-3.1-8B-Instruct
+    revision:
+      description: The revision, as asked.
+      type: str
+      sample: main
+    commit:
+      description: The commit the revision names on the hub; empty when the hub refused.
+      type: str
+      sample: 0e9e39f249a16976918f6564b8830bc894c89659
+    gated:
+      description: Whether the hub gates the model's files.
+      type: bool
+      sample: true
+    config:
+      description:
+        - The fields of C(config.json) that decide whether vLLM can serve the model as asked (the summary
+          M(llmops.vllm.serving_host_info) gives of a cached copy); empty when it could not be read.
+      type: dict
+      sample: {architectures: [LlamaForCausalLM], model_type: llama, num_attention_heads: 32, num_key_value_heads: 8,
                num_hidden_layers: 32, hidden_size: 4096, head_dim: 128, torch_dtype: bfloat16,
                max_position_embeddings: 131072, auto_map: false, rope_scaling: true, quantization: ""}
-      generation_config: {temperature: 0.6, top_p: 0.9}
-      weights_bytes: 16060522496
-      files: 17
-      problem: ""
-      status: 0
-      error: ""
-      endpoint: https://huggingface.co
-      token: true
+    generation_config:
+      description: The model's C(generation_config.json), when it has one.
+      type: dict
+      sample: {temperature: 0.6, top_p: 0.9}
+    weights_bytes:
+      description: The bytes of the weights vLLM would load (the safetensors index's C(total_size), else the weight files' sizes).
+      type: int
+      sample: 16060522496
+    files:
+      description: How many files the revision has.
+      type: int
+      sample: 17
+    problem:
+      description:
+        - Empty when the hub answered; else why not - V(gated) (no access to the files), V(not_found) (no such model,
+          or a private one without access), V(revision), V(token_rejected), V(no_config) (no C(config.json)),
+          V(unreachable), V(unavailable) (no huggingface_hub where the module ran) or V(other).
+      type: str
+      sample: gated
+    status:
+      description: The HTTP status the hub refused with; 0 otherwise.
+      type: int
+      sample: 403
+    error:
+      description: The hub's own words (or the client's), never the token.
+      type: str
+      sample: Access to model meta-llama/Llama-3.1-8B-Instruct is restricted and you are not in the authorized list.
+    endpoint:
+      description: The hub or mirror asked.
+      type: str
+      sample: https://huggingface.co
+    token:
+      description: Whether a token was sent (never the token).
+      type: bool
+      sample: true
 """
 
 import sys
