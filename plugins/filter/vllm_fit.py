@@ -263,7 +263,19 @@ def kv_cache_plan(instance, gpu_memory_mib, model_summary, file_bytes=0, margin_
     needed = block_bytes * (blocks_per_request + 1)
 
     weights, weights_how = vllm_weight_bytes(instance, file_bytes)
+    quantization = str(options.get("quantization") or "")
+    if file_bytes and quantization in QUANTIZED_BYTES and not summary.get("quantization"):
+        # a 16-bit checkpoint that vLLM quantizes as it loads: its files overstate the weights on the GPU,
+        # so they are counted at the quantized size (a lower bound: embeddings stay 16-bit)
+        weights = int(weights * QUANTIZED_BYTES[quantization] / 2)
+        weights_how = "its weight files at %s of their 16-bit size (quantization %s as it loads)" % (
+            QUANTIZED_BYTES[quantization] / 2, quantization)
     weights_per_gpu = weights / float(tp * pp)
+    try:
+        # weights kept in CPU memory (vLLM's cpu_offload_gb, GiB per GPU)
+        weights_per_gpu = max(0.0, weights_per_gpu - float(options.get("cpu-offload-gb") or 0) * GIB)
+    except (TypeError, ValueError):
+        pass
     total = min(float(m) for m in gpu_memory_mib) * MIB
     utilization = _utilization(options)
     margin = float(margin_gib) * GIB

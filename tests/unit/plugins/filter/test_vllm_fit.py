@@ -276,3 +276,15 @@ def test_fit_yml_feeds_the_cached_config_and_the_weights_to_the_check():
     rendered = render_fit_task("Check that the KV cache of one max_model_len request fits beside the weights, as vLLM "
                                "checks at start", variables)
     assert rendered["__vllm_server_kv_problem"] == "", "no config.json for this revision: no KV check"
+
+
+def test_weights_quantized_as_they_load_or_kept_in_cpu_memory_leave_more_room():
+    bf16 = kv_cache_plan(instance(), H100, LLAMA_31_8B, LLAMA_31_8B_BYTES)
+    fp8 = kv_cache_plan(instance(quantization="fp8"), H100, LLAMA_31_8B, LLAMA_31_8B_BYTES)
+    assert fp8["weights_per_gpu_bytes"] == LLAMA_31_8B_BYTES // 2
+    assert "quantization fp8 as it loads" in fp8["weights_how"]
+    # a checkpoint quantized already: its files are what the GPU holds
+    awq = kv_cache_plan(instance(quantization="awq"), H100, dict(LLAMA_31_8B, quantization="awq"), 5 * GIB)
+    assert awq["weights_per_gpu_bytes"] == 5 * GIB
+    offload = kv_cache_plan(instance(cpu_offload_gb=4), H100, LLAMA_31_8B, LLAMA_31_8B_BYTES)
+    assert offload["weights_per_gpu_bytes"] == bf16["weights_per_gpu_bytes"] - 4 * GIB
