@@ -288,3 +288,16 @@ def test_weights_quantized_as_they_load_or_kept_in_cpu_memory_leave_more_room():
     assert awq["weights_per_gpu_bytes"] == 5 * GIB
     offload = kv_cache_plan(instance(cpu_offload_gb=4), H100, LLAMA_31_8B, LLAMA_31_8B_BYTES)
     assert offload["weights_per_gpu_bytes"] == bf16["weights_per_gpu_bytes"] - 4 * GIB
+
+
+def test_a_70b_awq_model_fits_by_its_weights_but_not_with_its_whole_context():
+    """The molecule gpu-host scenario's case (its config.json in the host's cache, weights from `parameters`)."""
+    from ansible_collections.llmops.vllm.plugins.filter.vllm_fit import vllm_fit_problem
+    awq = dict(LLAMA_31_70B, torch_dtype="float16", quantization="awq")
+    llama = {"name": "llama-70b-awq", "parameters": "70B", "options": {"quantization": "awq"}}
+    assert vllm_fit_problem(llama, H100) == ""
+    problem = vllm_kv_fit_problem(llama, H100, awq)
+    assert "needs 40.0 GiB of KV cache per GPU" in problem and "each GPU keeps 37.1 GiB for it" in problem
+    assert "minus 32.6 GiB of weights per GPU (70B parameters at 0.5 bytes each (awq))" in problem
+    assert "Lower max_model_len to at most 121504" in problem
+    assert vllm_kv_fit_problem(dict(llama, options={"quantization": "awq", "max_model_len": 32768}), H100, awq) == ""
