@@ -192,8 +192,11 @@ def kv_cache_plan(instance, gpu_memory_mib, model_summary, file_bytes=0, margin_
     options = _options(instance)
     if str(options.get("runner", "")) == "pooling" or str(options.get("convert", "")) in ("embed", "classify", "reward"):
         return None
-    if str(summary.get("model_type") or "") in NOT_FULL_ATTENTION or summary.get("layer_types"):
+    if str(summary.get("model_type") or "") in NOT_FULL_ATTENTION:
         return None
+    layer_types = summary.get("layer_types")
+    if isinstance(layer_types, list) and any(t != "full_attention" for t in layer_types):
+        return None  # sliding-window, linear or Mamba layers among them
     layers = _positive_int(summary.get("num_hidden_layers"))
     heads = _positive_int(summary.get("num_attention_heads"))
     if not layers or not heads:
@@ -367,8 +370,9 @@ def vllm_kv_fit_note(instance, gpu_memory_mib, model_summary, file_bytes=0, marg
         return ""
     return ("%s: its KV cache holds about %s GiB per GPU, room for %.1f requests of max_model_len %d at once "
             "(about %d tokens in all); more wait for room, whatever max_num_seqs says. Lower max_model_len or raise "
-            "gpu_memory_utilization for more at once." % (plan["name"], "%.1f" % (plan["available_bytes"] / GIB), plan["full_length_requests"],
-                                   plan["max_model_len"], plan["longest_fitting"]))
+            "gpu_memory_utilization for more at once." % (
+                plan["name"], "%.1f" % (plan["available_bytes"] / GIB), plan["full_length_requests"],
+                plan["max_model_len"], plan["longest_fitting"]))
 
 
 class FilterModule(object):

@@ -229,6 +229,14 @@ def test_what_the_check_cannot_know_is_left_to_vllm(options, summary):
     assert vllm_kv_fit_problem(instance(**tiny), H100, summary, LLAMA_31_8B_BYTES) == ""
 
 
+def test_layer_types_other_than_full_attention_get_no_check():
+    tight = instance(gpu_memory_utilization=0.4)
+    mixed = dict(LLAMA_31_8B, layer_types=["sliding_attention", "full_attention"] * 16)
+    assert vllm_kv_fit_problem(tight, H100, mixed, LLAMA_31_8B_BYTES) == ""
+    full = dict(LLAMA_31_8B, layer_types=["full_attention"] * 32)
+    assert vllm_kv_fit_problem(tight, H100, full, LLAMA_31_8B_BYTES) != ""
+
+
 def test_a_window_as_long_as_the_context_is_full_attention():
     summary = dict(LLAMA_2_7B, sliding_window=4096)
     assert kv_cache_plan(instance(), H100, summary)["bytes_per_token"] == 524288
