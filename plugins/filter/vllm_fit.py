@@ -375,10 +375,28 @@ def vllm_kv_fit_note(instance, gpu_memory_mib, model_summary, file_bytes=0, marg
                 plan["max_model_len"], plan["longest_fitting"]))
 
 
+def vllm_model_facts(instance, models, hub=None):
+    """{config, weights_bytes} of an instance's model, for the fit checks: from the host's cached copy
+    (serving_host_info's models), else from the hub's answer (hf_model_config's models); an empty
+    config and 0 bytes where neither tells (the weights then come from the instance's parameters).
+    """
+    model, revision = str(instance.get("model")), str(instance.get("revision") or "main")
+    facts = {"config": {}, "weights_bytes": 0}
+    for entry in list(models or []) + list(hub or []):
+        if entry.get("model") != model or str(entry.get("revision") or "main") != revision:
+            continue
+        if not facts["config"] and isinstance(entry.get("config"), dict):
+            facts["config"] = entry["config"]
+        if not facts["weights_bytes"]:
+            facts["weights_bytes"] = _positive_int(entry.get("weights_bytes")) or 0
+    return facts
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "vllm_fit_problem": vllm_fit_problem,
             "vllm_kv_fit_problem": vllm_kv_fit_problem,
             "vllm_kv_fit_note": vllm_kv_fit_note,
+            "vllm_model_facts": vllm_model_facts,
         }

@@ -244,7 +244,7 @@ def test_a_window_as_long_as_the_context_is_full_attention():
 
 def test_filters_are_registered():
     filters = FilterModule().filters()
-    assert set(filters) == {"vllm_fit_problem", "vllm_kv_fit_problem", "vllm_kv_fit_note"}
+    assert set(filters) == {"vllm_fit_problem", "vllm_kv_fit_problem", "vllm_kv_fit_note", "vllm_model_facts"}
 
 
 def render_fit_task(task_name, variables):
@@ -255,35 +255,51 @@ def render_fit_task(task_name, variables):
     merged = dict(variables)
     merged.update(task["vars"])
     templar = Templar(loader=loader, variables=merged)
-    return {key: templar.template(value) for key, value in task["vars"].items() if key.startswith("__vllm_server_kv")}
+    return {key: templar.template(value) for key, value in task["vars"].items()
+            if key.startswith("__vllm_server_kv") or key == "__vllm_server_fit_problem"}
 
 
 def test_fit_yml_feeds_the_cached_config_and_the_weights_to_the_check():
-    cached = {"model": "meta-llama/Llama-3.1-8B-Instruct", "revision": "main", "config": LLAMA_31_8B}
-    other = {"model": "meta-llama/Llama-3.1-8B-Instruct", "revision": "other", "config": {}}
+    cached = {"model": "meta-llama/Llama-3.1-8B-Instruct", "revision": "main", "cached": True, "config": LLAMA_31_8B,
+              "weights_bytes": LLAMA_31_8B_BYTES}
+    other = {"model": "meta-llama/Llama-3.1-8B-Instruct", "revision": "other", "config": {}, "weights_bytes": 0}
     variables = {
         "_vllm_server_host_gpus": [{"index": "0", "uuid": "GPU-2130f80e", "memory_mib": H100[0]}],
         "_vllm_server_instance": {"name": "llama-8b", "model": "meta-llama/Llama-3.1-8B-Instruct", "gpus": "all",
                                   "gpu_count": 1, "options": {"gpu_memory_utilization": 0.4}},
-        "__vllm_server_index": 0,
-        "__vllm_server_weight_files": {"results": [{"files": [{"size": 5000000000}, {"size": 11060522496}]}]},
         "__vllm_server_model_info": {"models": [other, cached]},
+        "_vllm_server_hub_answers": [],
         "vllm_server_fit_margin_gib": 2,
         "inventory_hostname": "gpu1",
     }
-    rendered = render_fit_task("Check that the KV cache of one max_model_len request fits beside the weights, as vLLM "
-                               "checks at start", variables)
+    kv_task = "Check that the KV cache of one max_model_len request fits beside the weights, as vLLM checks at start"
+    rendered = render_fit_task(kv_task, variables)
     assert rendered["__vllm_server_kv_problem"].startswith("Instance llama-8b on gpu1: vLLM would refuse to start")
     assert "minus 15.0 GiB of weights per GPU (the size of its weight files)" in rendered["__vllm_server_kv_problem"]
     variables["_vllm_server_instance"]["options"] = {}
-    rendered = render_fit_task("Check that the KV cache of one max_model_len request fits beside the weights, as vLLM "
-                               "checks at start", variables)
-    assert rendered["__vllm_server_kv_problem"] == ""
-    variables["__vllm_server_model_info"] = {"models": [other]}
+    assert render_fit_task(kv_task, variables)["__vllm_server_kv_problem"] == ""
+    # not in the host's cache: the hub's answer (hf_model_config) tells the same
     variables["_vllm_server_instance"]["options"] = {"gpu_memory_utilization": 0.4}
-    rendered = render_fit_task("Check that the KV cache of one max_model_len request fits beside the weights, as vLLM "
-                               "checks at start", variables)
-    assert rendered["__vllm_server_kv_problem"] == "", "no config.json for this revision: no KV check"
+    variables["__vllm_server_model_info"] = {"models": [other, dict(cached, cached=False, config={}, weights_bytes=0)]}
+    assert render_fit_task(kv_task, variables)["__vllm_server_kv_problem"] == "", "nothing known: no KV check"
+    variables["_vllm_server_hub_answers"] = [dict(cached, cached=False)]
+    assert "minus 15.0 GiB of weights per GPU" in render_fit_task(kv_task, variables)["__vllm_server_kv_problem"]
+    # the weight check reads the same measure: 141 GB of a 70B model's bf16 weights cannot fit one H100
+    variables["__vllm_server_model_info"] = {"models": [dict(cached, weights_bytes=LLAMA_31_70B_BYTES)]}
+    weight_task = "Check that each model's weights can fit into its GPUs"
+    assert render_fit_task(weight_task, variables)["__vllm_server_fit_problem"].startswith(
+        "llama-8b needs about 131.4 GiB of weights per GPU (an estimate from the size of its weight files, over 1 GPU)")
+
+
+def test_model_facts_come_from_the_cache_else_the_hub():
+    from ansible_collections.llmops.vllm.plugins.filter.vllm_fit import vllm_model_facts
+    llama = {"name": "m", "model": "meta-llama/Llama-3.1-8B-Instruct"}
+    cached = {"model": llama["model"], "revision": "main", "config": LLAMA_31_8B, "weights_bytes": LLAMA_31_8B_BYTES}
+    hub = {"model": llama["model"], "revision": "main", "config": LLAMA_2_7B, "weights_bytes": 1}
+    assert vllm_model_facts(llama, [cached], [hub]) == {"config": LLAMA_31_8B, "weights_bytes": LLAMA_31_8B_BYTES}
+    assert vllm_model_facts(llama, [dict(cached, config={}, weights_bytes=0)], [hub]) == {"config": LLAMA_2_7B, "weights_bytes": 1}
+    assert vllm_model_facts(dict(llama, revision="v2"), [cached], [hub]) == {"config": {}, "weights_bytes": 0}
+    assert vllm_model_facts(llama, [], None) == {"config": {}, "weights_bytes": 0}
 
 
 def test_weights_quantized_as_they_load_or_kept_in_cpu_memory_leave_more_room():
