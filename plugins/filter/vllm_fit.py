@@ -22,7 +22,8 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 # and the CUDA graphs, which vLLM measures and subtracts by default since 0.21
 # (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1; vllm/v1/worker/gpu_worker.py, determine_available_memory).
 # It also covers the part of nvidia-smi's memory.total that CUDA does not hand out (vLLM sizes its share
-# from cudaMemGetInfo's total). The role's vllm_server_fit_margin_gib overrides it; docs/fit.md says why 2.
+# from cudaMemGetInfo's total: 480 MiB less on the lent H100, 0.42 GiB at 0.9). The role's
+# vllm_server_fit_margin_gib overrides it; docs/fit.md says why 2.
 DEFAULT_MARGIN_GIB = 2.0
 # vLLM's default KV cache block (vllm/config/cache.py, CacheConfig.DEFAULT_BLOCK_SIZE); the attention
 # backend may pick another, which moves the result by a block or two.
