@@ -218,68 +218,6 @@ def vllm_pick_option_spec(known_versions, image):
     return older[-1] if older else known[0]
 
 
-DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "auto": 2}
-QUANTIZED_BYTES = {"fp8": 1, "fbgemm_fp8": 1, "experts_int8": 1, "int8_per_channel_weight_only": 1,
-                   "awq": 0.5, "awq_marlin": 0.5, "auto_awq": 0.5, "gptq": 0.5, "gptq_marlin": 0.5, "auto_gptq": 0.5,
-                   "mxfp4": 0.5, "modelopt_fp4": 0.5, "nvfp4_per_token": 0.5}
-
-
-def vllm_parameter_count(value):
-    """A parameter count from 8000000000, 8e9, "8B", "70b", "1.5B" or "560M"; None when empty."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip().upper()
-    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}.get(text[-1:])
-    try:
-        return float(text[:-1]) * scale if scale else float(text)
-    except ValueError:
-        raise AnsibleFilterError("parameters must be a count such as 8e9 or '8B', not %r" % (value,))
-
-
-def vllm_weight_bytes(instance, file_bytes=0):
-    """(bytes, how it was estimated) for an instance's weights: the model's files, else parameters x dtype."""
-    if file_bytes:
-        return int(file_bytes), "the size of its weight files"
-    params = vllm_parameter_count(instance.get("parameters"))
-    if not params:
-        return 0, ""
-    options = dict((vllm_cli_key(k), v) for k, v in (instance.get("options") or {}).items())
-    if options.get("quantization") in QUANTIZED_BYTES:
-        per = QUANTIZED_BYTES[options["quantization"]]
-        how = "%s parameters at %s bytes each (%s)" % (instance.get("parameters"), per, options["quantization"])
-    else:
-        per = DTYPE_BYTES.get(str(options.get("dtype", "auto")), 2)
-        how = "%s parameters at %s bytes each (dtype %s)" % (instance.get("parameters"), per, options.get("dtype", "auto"))
-    return int(params * per), how
-
-
-def vllm_fit_problem(instance, gpu_memory_mib, file_bytes=0):
-    """A sentence when the instance's weights cannot fit into its GPUs at its gpu_memory_utilization, else ''.
-
-    gpu_memory_mib lists the total memory of each GPU the instance gets. An estimate: vLLM also needs
-    room for activations and the KV cache, so passing this check does not prove the model starts.
-    """
-    weights, how = vllm_weight_bytes(instance, file_bytes)
-    if not weights or not gpu_memory_mib:
-        return ""
-    options = dict((vllm_cli_key(k), v) for k, v in (instance.get("options") or {}).items())
-    utilization = float(options.get("gpu-memory-utilization", 0.9))
-    shards = int(options.get("tensor-parallel-size", 1)) * int(options.get("pipeline-parallel-size", 1))
-    shards = max(1, min(shards, len(gpu_memory_mib)))
-    per_gpu_needed = weights / shards
-    per_gpu_usable = min(float(m) for m in gpu_memory_mib) * 1024 * 1024 * utilization
-    if per_gpu_needed <= per_gpu_usable:
-        return ""
-    gib = 1024.0 ** 3
-    return ("%s needs about %.1f GiB of weights per GPU (an estimate from %s, over %d GPU%s), but each of its GPUs "
-            "offers %.1f GiB at gpu_memory_utilization %s. Give it more GPUs (gpus; tensor_parallel_size follows), "
-            "a quantized model, or a higher gpu_memory_utilization." % (
-                instance.get("name"), per_gpu_needed / gib, how, shards, "" if shards == 1 else "s",
-                per_gpu_usable / gib, utilization))
-
-
 # What an instance needs to be created again exactly (upgrade.yml's rollback); never a secret.
 STATE_KEYS = ("name", "model", "served_model_name", "port", "bind_address", "gpus", "options", "env", "image",
               "download", "revision", "parameters") + MULTINODE_KEYS
@@ -375,7 +313,6 @@ class FilterModule(object):
             "vllm_option_problems": vllm_option_problems,
             "vllm_resolve_instances": vllm_resolve_instances,
             "vllm_image_version": vllm_image_version,
-            "vllm_fit_problem": vllm_fit_problem,
             "vllm_instance_state": vllm_instance_state,
             "vllm_pick_option_spec": vllm_pick_option_spec,
             "vllm_host_gpus": vllm_host_gpus,

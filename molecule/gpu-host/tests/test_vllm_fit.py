@@ -1,6 +1,6 @@
 """vllm_server's preflight against the GPUs of the fake driver, whose dataset is the recording of
 the lent H100 (one NVIDIA H100 80GB HBM3, 81559 MiB): GPUs that do not exist and models too big
-for them are refused before anything changes."""
+for them (by their weights, or by their weights and KV cache) are refused before anything changes."""
 
 import json
 
@@ -41,3 +41,39 @@ def test_a_gpu_the_host_does_not_have_is_refused():
     result = run_playbook(PLAYBOOK, {"vllm_server_instances": [{"name": "two", "model": "m/m", "gpus": [0, 1]}]})
     assert result.returncode != 0
     assert "Instance two on llmops-gpu-host asks for GPUs 1, which the host does not have (it has 0)" in " ".join(result.output.split())
+
+
+# The config.json of a 70B model quantized with AWQ (hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4, in
+# part): its 4-bit weights fit one H100, but not beside the KV cache of its whole 131072-token context.
+LLAMA_70B_AWQ = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 80,
+                 "num_attention_heads": 64, "num_key_value_heads": 8, "hidden_size": 8192, "head_dim": 128,
+                 "max_position_embeddings": 131072, "torch_dtype": "float16",
+                 "rope_scaling": {"factor": 8.0, "rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 8192},
+                 "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}}
+AWQ_MODEL = "llmops-test/Llama-3.1-70B-Instruct-AWQ-kv-fit"
+
+
+def awq_instance(**options):
+    return {"name": "llama-70b-awq", "model": AWQ_MODEL, "parameters": "70B", "gpus": [0],
+            "options": dict({"quantization": "awq"}, **options)}
+
+
+def test_the_kv_cache_of_its_whole_context_is_refused_beside_70b_awq_weights():
+    result = run_playbook(PLAYBOOK, {"cached_configs": {AWQ_MODEL: LLAMA_70B_AWQ}, "vllm_server_instances": [awq_instance()]})
+    assert result.returncode != 0
+    text = " ".join(result.output.split())
+    # 80 layers x 8 KV heads x 128 x 2 x 2 bytes = 320 KiB a token; 131072 tokens and the null block: 40.0 GiB;
+    # 81559 MiB x 0.9 - 70e9 x 0.5 bytes - 2 GiB = 37.1 GiB
+    assert ("Instance llama-70b-awq on llmops-gpu-host: vLLM would refuse to start: one request of max_model_len 131072 "
+            "(the model's max_position_embeddings) needs 40.0 GiB of KV cache per GPU (80 layers x 8 KV heads x 128 head "
+            "size x 2 (key and value) x 2 bytes (float16, the model's dtype) = 320 KiB per token), but each GPU keeps "
+            "37.1 GiB for it: 79.6 GiB x gpu_memory_utilization 0.9 = 71.7 GiB, minus 32.6 GiB of weights per GPU (70B "
+            "parameters at 0.5 bytes each (awq))") in text
+    assert "Lower max_model_len to at most 121504" in text
+
+
+def test_the_same_model_with_a_shorter_context_passes():
+    result = run_playbook(PLAYBOOK, {"cached_configs": {AWQ_MODEL: LLAMA_70B_AWQ},
+                                     "vllm_server_instances": [awq_instance(max_model_len=32768)]})
+    assert result.returncode == 0, result.output[-3000:]
