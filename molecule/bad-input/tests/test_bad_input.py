@@ -3,7 +3,7 @@ leaves the bare host exactly as it was (no package installed, no file written)."
 
 import pytest
 
-from llmops_testlib import run_playbook
+from llmops_testlib import HubStandIn, run_playbook
 
 TINY = {"name": "vllm", "model": "llmops-test/tiny-chat", "served_model_name": "tiny-chat", "port": 8000}
 
@@ -130,50 +130,16 @@ HUB_CASES = [
 ]
 
 
-def hub_layout(root, repo_id, config):
-    """A model in the Hugging Face cache layout the stand-in serves: config.json (a git blob) and a
-    small model.safetensors (an LFS file), each named by its hash as the Hub names them."""
-    import hashlib
-    import json
-    import os
-
-    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
-    files = {"config.json": json.dumps(config).encode(), "model.safetensors": b"\0" * 64}
-    ids = {"config.json": hashlib.sha1(b"blob %d\0" % len(files["config.json"]) + files["config.json"]).hexdigest(),
-           "model.safetensors": hashlib.sha256(files["model.safetensors"]).hexdigest()}
-    commit = hashlib.sha1("".join("%s %s\n" % (ids[f], f) for f in sorted(files)).encode()).hexdigest()
-    for d in ("blobs", "refs", os.path.join("snapshots", commit)):
-        os.makedirs(os.path.join(repo, d))
-    for name, data in files.items():
-        with open(os.path.join(repo, "blobs", ids[name]), "wb") as f:
-            f.write(data)
-        os.symlink(os.path.join("..", "..", "blobs", ids[name]), os.path.join(repo, "snapshots", commit, name))
-    with open(os.path.join(repo, "refs", "main"), "w") as f:
-        f.write(commit)
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """The stand-in on a port of its own, serving HUB_MODELS, with hub-gated granted to HUB_TOKEN only."""
     import json
-    import os
-    import socket
-    import subprocess
 
-    models = tmp_path_factory.mktemp("hub-models")
-    for repo_id, config in HUB_MODELS.items():
-        hub_layout(str(models), repo_id, config)
-    config = tmp_path_factory.mktemp("hub-config") / "config.json"
-    config.write_text(json.dumps({"tokens": [HUB_TOKEN, HUB_TOKEN_DENIED, INVENTORY_TOKEN],
-                                  "gated": {"llmops-test/hub-gated": [HUB_TOKEN]}}))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    control = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "tests", "doubles", "hf-hub")
-    env = dict(os.environ, LLMOPS_HF_HUB_PORT=str(port), LLMOPS_HF_HUB_MODELS=str(models), LLMOPS_HF_HUB_CONFIG=str(config))
-    subprocess.run([control, "up"], env=env, check=True, timeout=60)
-    yield "http://127.0.0.1:%d" % port
-    subprocess.run([control, "down"], env=env, check=True, timeout=60)
+    models = dict((repo_id, {"config.json": json.dumps(config).encode(), "model.safetensors": b"\0" * 64})
+                  for repo_id, config in HUB_MODELS.items())
+    config = {"tokens": [HUB_TOKEN, HUB_TOKEN_DENIED, INVENTORY_TOKEN], "gated": {"llmops-test/hub-gated": [HUB_TOKEN]}}
+    with HubStandIn(tmp_path_factory.mktemp("hub"), models, config) as hub:
+        yield hub.url
 
 
 def seed_model(host, model, config):

@@ -4,7 +4,9 @@ for them (by their weights, or by their weights and KV cache) are refused before
 
 import json
 
-from llmops_testlib import run_playbook
+import pytest
+
+from llmops_testlib import HubStandIn, run_playbook
 
 PLAYBOOK = "molecule/gpu-host/vllm-preflight.yml"
 
@@ -76,4 +78,43 @@ def test_the_kv_cache_of_its_whole_context_is_refused_beside_70b_awq_weights():
 def test_the_same_model_with_a_shorter_context_passes():
     result = run_playbook(PLAYBOOK, {"cached_configs": {AWQ_MODEL: LLAMA_70B_AWQ},
                                      "vllm_server_instances": [awq_instance(max_model_len=32768)]})
+    assert result.returncode == 0, result.output[-3000:]
+
+
+# A first deploy: the same model in no cache, known only to the hub (the stand-in, tests/doubles/hf-hub, on
+# the control node's loopback), which serves its config.json and a safetensors index saying how large its
+# weights are (the real repo's total_size), but no weight: the preflight asks it before anything changes.
+AWQ_TOTAL_SIZE = 39772213248
+
+
+def unsized(instance):
+    """The instance without its declared parameter count: the weights' size must come from the hub."""
+    return dict((k, v) for k, v in instance.items() if k != "parameters")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    index = {"metadata": {"total_size": AWQ_TOTAL_SIZE}, "weight_map": {"lm_head.weight": "model-00001-of-00001.safetensors"}}
+    files = {"config.json": json.dumps(LLAMA_70B_AWQ).encode(), "model.safetensors.index.json": json.dumps(index).encode(),
+             "model-00001-of-00001.safetensors": b"\0" * 64}
+    with HubStandIn(tmp_path_factory.mktemp("hub"), {AWQ_MODEL: files}, {"tokens": ["hf_llmops_gpu_host"]}) as stand_in:
+        yield stand_in.url
+
+
+def test_a_first_deploy_refuses_the_kv_misfit_from_the_hubs_config(hub):
+    result = run_playbook(PLAYBOOK, {"vllm_server_hf_endpoint": hub, "vllm_server_env": {},
+                                     "vllm_server_instances": [unsized(awq_instance())]})
+    assert result.returncode != 0
+    text = " ".join(result.output.split())
+    assert "Ask the hub about those models, once for the whole run" in text
+    # the weights are the index's total_size (37.0 GiB), not an estimate from a parameter count
+    assert ("Instance llama-70b-awq on llmops-gpu-host: vLLM would refuse to start: one request of max_model_len 131072 "
+            "(the model's max_position_embeddings) needs 40.0 GiB of KV cache per GPU") in text, result.output[-3000:]
+    assert "minus 37.0 GiB of weights per GPU (the size of its weight files)" in text, result.output[-3000:]
+    assert "Lower max_model_len" in text
+
+
+def test_a_first_deploy_with_a_context_that_fits_passes(hub):
+    result = run_playbook(PLAYBOOK, {"vllm_server_hf_endpoint": hub, "vllm_server_env": {},
+                                     "vllm_server_instances": [unsized(awq_instance(max_model_len=32768))]})
     assert result.returncode == 0, result.output[-3000:]

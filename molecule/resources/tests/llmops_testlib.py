@@ -179,3 +179,54 @@ def model_snapshot_bytes(hub_dir, repo_id):
     revision = os.listdir(snapshots)[0]
     folder = os.path.join(snapshots, revision)
     return revision, sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+
+
+def hub_layout(root, repo_id, files):
+    """A model in the Hugging Face cache layout the hub stand-in (tests/doubles/hf-hub) serves: files
+    ({path: bytes}) named by their hash as the Hub names them (sha256 for *.safetensors, the LFS files,
+    the git blob sha1 for the others), a snapshot of symlinks to them, refs/main naming it."""
+    import hashlib
+    import os
+
+    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
+    ids = dict((name, hashlib.sha256(data).hexdigest() if name.endswith(".safetensors")
+                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()) for name, data in files.items())
+    commit = hashlib.sha1("".join("%s %s\n" % (ids[f], f) for f in sorted(files)).encode()).hexdigest()
+    for d in ("blobs", "refs", os.path.join("snapshots", commit)):
+        os.makedirs(os.path.join(repo, d))
+    for name, data in files.items():
+        with open(os.path.join(repo, "blobs", ids[name]), "wb") as f:
+            f.write(data)
+        os.symlink(os.path.join("..", "..", "blobs", ids[name]), os.path.join(repo, "snapshots", commit, name))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(commit)
+    return commit
+
+
+class HubStandIn(object):
+    """The hub stand-in on a free port of 127.0.0.1 of its own, serving models ({repo id: {path: bytes}})
+    from directory, with config ({"tokens": [...], "gated": {repo: [tokens]}}); .url is its endpoint."""
+
+    def __init__(self, directory, models, config):
+        import os
+        import socket
+
+        for repo_id, files in models.items():
+            hub_layout(os.path.join(str(directory), "hub"), repo_id, files)
+        config_file = os.path.join(str(directory), "hub-config.json")
+        with open(config_file, "w") as f:
+            json.dump(config, f)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = "http://127.0.0.1:%d" % port
+        self.control = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "tests", "doubles", "hf-hub")
+        self.env = dict(os.environ, LLMOPS_HF_HUB_PORT=str(port), LLMOPS_HF_HUB_MODELS=os.path.join(str(directory), "hub"),
+                        LLMOPS_HF_HUB_CONFIG=config_file)
+
+    def __enter__(self):
+        subprocess.run([self.control, "up"], env=self.env, check=True, timeout=60)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run([self.control, "down"], env=self.env, check=True, timeout=60)
