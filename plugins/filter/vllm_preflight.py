@@ -77,6 +77,11 @@ def _offline(instance):
     return any(str(env.get(name, "")).strip().upper() in TRUE_VALUES for name in OFFLINE_VARIABLES)
 
 
+def _downloaded(instance):
+    value = instance.get("download")
+    return value is True or str(value).strip().lower() in ("true", "yes", "1", "on")
+
+
 def _cc(value):
     try:
         major, minor = str(value).split(".", 1)
@@ -103,14 +108,16 @@ def vllm_hub_questions(instances, models):
     """{model, revision} of each instance whose model the host's cache does not hold, to ask the hub about.
 
     instances: the role's resolved instances; models: serving_host_info's models. Offline instances
-    are left out (the hub is not theirs to ask: the offline check speaks for them), and so are local
-    paths (serving_host_info leaves them out of its models).
+    whose model the role does not download are left out (nothing of theirs asks the hub: the offline
+    check speaks for them); an offline server whose model the role fetches (download) is asked about,
+    as the download will ask anyway. Local paths are left out too (serving_host_info leaves them out
+    of its models).
     """
     by_model = dict((m.get("model"), m) for m in models or [])
     questions = []
     for instance in instances:
         cached = by_model.get(str(instance.get("model")))
-        if cached is None or cached.get("cached") or _offline(instance):
+        if cached is None or cached.get("cached") or (_offline(instance) and not _downloaded(instance)):
             continue
         question = vllm_model_ref(instance)
         if question not in questions:

@@ -228,6 +228,10 @@ def test_the_hub_is_asked_only_about_models_no_cache_holds_and_that_are_not_offl
     models = [cached(), cached(model="org/new", is_cached=False), cached(model="org/offline", is_cached=False)]
     assert vllm_hub_questions(instances, models) == [{"model": "org/new", "revision": "main"},
                                                      {"model": "org/new", "revision": "v2"}]
+    # an offline server whose model the role downloads first (on the control node or the host) is asked about
+    downloaded = dict(instance(name="f", model="org/offline", env={"HF_HUB_OFFLINE": "1"}), download=True)
+    assert vllm_hub_questions([downloaded], models) == [{"model": "org/offline", "revision": "main"}]
+    assert vllm_hub_questions([dict(downloaded, download=False)], models) == []
     # a local path is not in serving_host_info's models, so it is never asked about
     assert vllm_hub_questions([instance(model="/models/llama")], []) == []
 
