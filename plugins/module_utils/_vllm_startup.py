@@ -126,8 +126,11 @@ ADVICE = [
      "(HF_HUB_OFFLINE in vllm_server_env or the instance's env): let the role fetch it first "
      "(vllm_server_download_models: true, or download: true on the instance), or remove HF_HUB_OFFLINE so vLLM "
      "downloads it."),
-    (re.compile(r"GatedRepoError|gated repo|Access to model .* is restricted|401 Client Error|Invalid credentials in Authorization|"
-                r"Invalid user token|Unauthorized for url", re.I),
+    # (not "401 Client Error" or "gated repo" alone: the Hub answers a missing repo with 401 too, as
+    # RepositoryNotFoundError, whose message says "If you are trying to access a private or gated repo")
+    (re.compile(r"GatedRepoError|Cannot access gated repo|trying to access a gated repo|Access to model .* is restricted|"
+                r"Invalid credentials in Authorization|"
+                r"Invalid user token|401 Client Error: Unauthorized for url", re.I),
      "Hugging Face refused the download: the model is gated or private. Set vllm_server_hf_token (from Ansible Vault) to a "
      "token of an account that accepted the model's license on its Hugging Face page."),
     (re.compile(r"RepositoryNotFoundError|Repository Not Found|is not a valid model identifier|Repo id must be in the form|"
@@ -143,6 +146,9 @@ ADVICE = [
      "The KV cache does not fit next to the weights: lower max_model_len or raise gpu_memory_utilization in the "
      "instance's options (vllm_server_options), or give the instance more GPUs (gpus); on a CPU server raise "
      "VLLM_CPU_KVCACHE_SPACE in its env."),
+    (re.compile(r"Available memory on node \d+ .* on kv cache allocation is less than requested memory for kv", re.I | re.S),
+     "The CPU server's KV cache space is larger than the host's free memory: lower VLLM_CPU_KVCACHE_SPACE (GiB) in the "
+     "instance's env (vllm_server_env) or kv_cache_memory_bytes in its options, or free memory on the host."),
     (re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory", re.I),
      "The GPU ran out of memory: lower gpu_memory_utilization or max_model_len (or max_num_seqs) in the instance's "
      "options, serve a quantized model, or give the instance more GPUs (gpus; tensor_parallel_size follows)."),
@@ -172,7 +178,8 @@ ADVICE = [
      "The host's NVIDIA driver is older than the CUDA that the image was built with: use a vLLM image built for the "
      "driver's CUDA (vllm_server_image, or the instance's image; nvidia-smi shows the newest CUDA the driver supports), "
      "or upgrade the host's driver."),
-    (re.compile(r"quantization method .* is not supported|Unknown quantization method|Quantization method specified in the model config", re.I),
+    (re.compile(r"quantization method .* is not supported|Unknown quantization method|Quantization method specified in the model config|"
+                r"quantization is currently not supported in|Cannot find the config file for \w+", re.I),
      "The quantization in the instance's options does not match the model or this GPU: leave quantization out for a "
      "pre-quantized model (vLLM reads it from the model's config), or choose a method this GPU supports."),
     (re.compile(r"ValidationError: \d+ validation errors? for \w*Config", re.I),

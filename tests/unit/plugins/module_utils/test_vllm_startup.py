@@ -1,10 +1,10 @@
 """Why vLLM did not start, from its log: whole exception messages, and the variable that fixes each
-common failure (issue 12).
+common failure (issues 12 and 21).
 
 Logs vLLM 0.32.0 printed here are in tests/unit/fixtures/vllm_startup (SOURCES.md says how each was
-made). Failures that need a GPU or Hugging Face cannot happen here: their messages are written as
-vLLM 0.32.0's and huggingface_hub 2.4.0's sources (the wheels of the test image) format them, each
-citing its source line.
+made; tests/integration/test_startup_diagnosis.py starts the same servers). Failures that need a GPU
+cannot happen here: their messages are written as vLLM 0.32.0's, torch's, NCCL's and
+huggingface_hub 2.4.0's sources format them, each citing its source line.
 """
 
 import os
@@ -90,6 +90,75 @@ def test_heads_recorded():
     assert advice(found) == [
         "The model's attention heads do not divide evenly over the instance's GPUs: give the instance a number of GPUs "
         "(gpus) that divides them, or set tensor_parallel_size in its options."]
+
+
+def test_custom_code_recorded():
+    found = exceptions(recorded("remote-code"))
+    assert len(found) == 1 and found[0].startswith("pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig")
+    assert "The repository /models/remote-code contains custom code which must be executed" in found[0]
+    assert "Please pass the argument `trust_remote_code=True` to allow custom code to be run." in found[0]
+    assert advice(found) == ["The model ships its own code: set trust_remote_code: true in the instance's options if you trust it."]
+
+
+def test_unknown_architecture_recorded():
+    found = exceptions(recorded("architecture"))
+    assert len(found) == 1 and "Value error, Model architectures ['NoSuchForCausalLM'] are not supported for now." in found[0]
+    assert advice(found) == [
+        "This vLLM does not know the model's architecture: use a newer vLLM image (vllm_server_image), or set "
+        "trust_remote_code: true in the instance's options when the model ships its own code."]
+
+
+def test_gated_repo_recorded():
+    found = exceptions(recorded("gated"))
+    assert any(e.startswith("huggingface_hub.errors.GatedRepoError: 401 Client Error.\n\nCannot access gated repo for url ") and
+               "Access to model llmops-test/tiny-chat is restricted." in e for e in found), found
+    assert advice(found) == [
+        "Hugging Face refused the download: the model is gated or private. Set vllm_server_hf_token (from Ansible Vault) to a "
+        "token of an account that accepted the model's license on its Hugging Face page."]
+
+
+def test_missing_repo_recorded():
+    found = exceptions(recorded("not-found"))
+    assert any(e.startswith("huggingface_hub.errors.RepositoryNotFoundError: 401 Client Error.") for e in found), found
+    assert any("llmops-test/no-such-model is not a local folder and is not a valid model identifier" in e for e in found), found
+    # the Hub's 401 for a repo it does not have is not a gated model's
+    assert advice(found) == [
+        "The model id does not name a model on Hugging Face or a directory inside the container: check the instance's model "
+        "(vllm_server_model); a private model also needs vllm_server_hf_token."]
+
+
+def test_kv_cache_too_small_recorded():
+    found = exceptions(recorded("kv-cache"))
+    assert any(e.startswith("ValueError: To serve at least one request with the model's max seq len (2048)") and
+               "larger than the available KV cache memory" in e for e in found), found
+    assert advice(found) == [
+        "The KV cache does not fit next to the weights: lower max_model_len or raise gpu_memory_utilization in the "
+        "instance's options (vllm_server_options), or give the instance more GPUs (gpus); on a CPU server raise "
+        "VLLM_CPU_KVCACHE_SPACE in its env."]
+
+
+def test_no_kv_cache_recorded():
+    found = exceptions(recorded("no-cache-blocks"))
+    assert any(e.startswith("ValueError: No available memory for the cache blocks.") for e in found), found
+    assert advice(found)[0].startswith("The KV cache does not fit next to the weights")
+
+
+def test_cpu_kv_space_larger_than_the_host_recorded():
+    found = exceptions(recorded("kv-space"))
+    # the worker's ValueError, or the engine's RuntimeError that repeats it (the last three exceptions are kept)
+    assert any("Available memory on node 0 (" in e and "requested memory for kv (4096.0 GiB)" in e for e in found), found
+    assert advice(found) == [
+        "The CPU server's KV cache space is larger than the host's free memory: lower VLLM_CPU_KVCACHE_SPACE (GiB) in the "
+        "instance's env (vllm_server_env) or kv_cache_memory_bytes in its options, or free memory on the host."]
+
+
+def test_quantization_mismatch_recorded():
+    found = exceptions(recorded("quantization"))
+    assert len(found) == 1 and ("Value error, Quantization method specified in the model config (gptq) does not match the "
+                                "quantization method specified in the `quantization` argument (awq).") in found[0]
+    assert advice(found) == [
+        "The quantization in the instance's options does not match the model or this GPU: leave quantization out for a "
+        "pre-quantized model (vLLM reads it from the model's config), or choose a method this GPU supports."]
 
 
 # ---- the parser ---------------------------------------------------------------------------------------
