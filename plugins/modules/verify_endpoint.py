@@ -111,10 +111,10 @@ options:
       - Name of the Docker container that serves the endpoint, when the module runs on its host.
       - While waiting, a container that exited or restarts in a loop ends the wait at once.
       - So does a start that hangs in the GPUs' collective communication (tensor parallelism over GPUs whose
-        peer-to-peer path is broken), seen in the container's log, which is read every 15 seconds. It ends the wait
-        after minutes instead of at O(timeout): 3 minutes of silence after vLLM's C(vLLM is using nccl==...), or
-        10 minutes of nothing but its C(No available shared memory broadcast block found) heartbeat after vLLM
-        warned about the GPUs' peer-to-peer path.
+        peer-to-peer path is broken), seen in the container's log, which is read every 15 seconds. The wait then
+        ends after minutes instead of at O(timeout), after 3 minutes of silence following vLLM's
+        C(vLLM is using nccl==...), or 10 minutes of nothing but its C(No available shared memory broadcast block
+        found) heartbeat after vLLM warned about the GPUs' peer-to-peer path.
       - On failure, the container's state, the errors in its log and its last O(container_log_lines)
         lines are added to the message.
       - Needs the C(docker) CLI and access to the Docker daemon (usually C(become)). Leave it unset when
