@@ -126,8 +126,11 @@ ADVICE = [
      "(HF_HUB_OFFLINE in vllm_server_env or the instance's env): let the role fetch it first "
      "(vllm_server_download_models: true, or download: true on the instance), or remove HF_HUB_OFFLINE so vLLM "
      "downloads it."),
-    (re.compile(r"GatedRepoError|gated repo|Access to model .* is restricted|401 Client Error|Invalid credentials in Authorization|"
-                r"Invalid user token|Unauthorized for url", re.I),
+    # (not "401 Client Error" or "gated repo" alone: the Hub answers a missing repo with 401 too, as
+    # RepositoryNotFoundError, whose message says "If you are trying to access a private or gated repo")
+    (re.compile(r"GatedRepoError|Cannot access gated repo|trying to access a gated repo|Access to model .* is restricted|"
+                r"Invalid credentials in Authorization|"
+                r"Invalid user token|401 Client Error: Unauthorized for url", re.I),
      "Hugging Face refused the download: the model is gated or private. Set vllm_server_hf_token (from Ansible Vault) to a "
      "token of an account that accepted the model's license on its Hugging Face page."),
     (re.compile(r"RepositoryNotFoundError|Repository Not Found|is not a valid model identifier|Repo id must be in the form|"
@@ -143,6 +146,9 @@ ADVICE = [
      "The KV cache does not fit next to the weights: lower max_model_len or raise gpu_memory_utilization in the "
      "instance's options (vllm_server_options), or give the instance more GPUs (gpus); on a CPU server raise "
      "VLLM_CPU_KVCACHE_SPACE in its env."),
+    (re.compile(r"Available memory on node \d+ .* on kv cache allocation is less than requested memory for kv", re.I | re.S),
+     "The CPU server's KV cache space is larger than the host's free memory: lower VLLM_CPU_KVCACHE_SPACE (GiB) in the "
+     "instance's env (vllm_server_env) or kv_cache_memory_bytes in its options, or free memory on the host."),
     (re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory", re.I),
      "The GPU ran out of memory: lower gpu_memory_utilization or max_model_len (or max_num_seqs) in the instance's "
      "options, serve a quantized model, or give the instance more GPUs (gpus; tensor_parallel_size follows)."),
@@ -161,12 +167,19 @@ ADVICE = [
     (re.compile(r"attention heads \(\d+\) must be divisible by tensor parallel size", re.I),
      "The model's attention heads do not divide evenly over the instance's GPUs: give the instance a number of GPUs "
      "(gpus) that divides them, or set tensor_parallel_size in its options."),
-    (re.compile(r"Found no NVIDIA driver|No CUDA GPUs are available|CUDA driver version is insufficient|"
-                r"NVIDIA driver on your system is too old|could not select device driver", re.I),
+    (re.compile(r"Failed to infer device type|Found no NVIDIA driver|No CUDA GPUs are available|could not select device driver", re.I),
      "The container sees no usable GPU: check that the nvidia_container_toolkit role ran on the host, which GPUs the "
-     "instance asks for (vllm_server_gpus or its gpus), and that the driver is new enough for the image's CUDA "
-     "(vllm_server_image)."),
-    (re.compile(r"quantization method .* is not supported|Unknown quantization method|Quantization method specified in the model config", re.I),
+     "instance asks for (vllm_server_gpus or its gpus; a host marked llmops_cpu_only gets none and needs a vLLM CPU "
+     "image), and that CUDA_VISIBLE_DEVICES or NVIDIA_VISIBLE_DEVICES in vllm_server_env (or the instance's env) do "
+     "not hide them."),
+    (re.compile(r"NVIDIA driver on your system is too old|CUDA driver version is insufficient for CUDA runtime version|"
+                r"system has unsupported display driver / cuda driver combination|"
+                r"forward compatibility was attempted on non supported HW", re.I),
+     "The host's NVIDIA driver is older than the CUDA that the image was built with: use a vLLM image built for the "
+     "driver's CUDA (vllm_server_image, or the instance's image; nvidia-smi shows the newest CUDA the driver supports), "
+     "or upgrade the host's driver."),
+    (re.compile(r"quantization method .* is not supported|Unknown quantization method|Quantization method specified in the model config|"
+                r"quantization is currently not supported in|Cannot find the config file for \w+", re.I),
      "The quantization in the instance's options does not match the model or this GPU: leave quantization out for a "
      "pre-quantized model (vLLM reads it from the model's config), or choose a method this GPU supports."),
     (re.compile(r"ValidationError: \d+ validation errors? for \w*Config", re.I),
@@ -186,3 +199,114 @@ def advice(messages):
     if not found:
         found = [sentence for pattern, sentence in ADVICE[-FALLBACK:] if pattern.search(text)]
     return found
+
+
+# ---- a start that hangs in the GPUs' collective communication ----------------------------------------
+#
+# With tensor (or pipeline) parallelism over GPUs whose peer-to-peer path is broken (PCIe ACS or an IOMMU
+# in the way, a VM's passthrough, consumer cards), NCCL's first all-reduce, or vLLM's custom all-reduce
+# later, waits forever: nothing fails, the server never listens, and a verification would wait out its
+# whole timeout. vLLM's log shows where it stopped. The patterns quote vLLM 0.32.0 (the unit tests cite
+# each source line) and NCCL.
+
+# `docker logs --timestamps`: "2026-12-07T03:20:01.123456789Z <line>" (Docker's clock, UTC)
+DOCKER_TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z ")
+# vllm/distributed/device_communicators/pynccl.py:148, rank 0 only, right before ncclCommInitRank and a
+# one-element warm-up all-reduce; in a healthy start the next lines follow within seconds.
+NCCL_STARTED = re.compile(r"vLLM is using nccl==(\S+)")
+# vllm/distributed/device_communicators/shm_broadcast.py:109, logged (INFO) every 60 s
+# (VLLM_RINGBUFFER_WARNING_INTERVAL) while the engine waits for its workers: a heartbeat, not progress.
+HEARTBEAT = re.compile(r"No available shared memory broadcast block found in \d+ seconds")
+# What names the peer-to-peer path as the cause: vLLM's own P2P test
+# (device_communicators/custom_all_reduce.py:286, all_reduce_utils.py:317) and NCCL's warnings
+# ("host:pid:tid [rank] NCCL WARN ...", printed with NCCL_DEBUG=WARN or INFO).
+P2P_TROUBLE = re.compile(r"Custom allreduce is disabled because your platform lacks GPU P2P capability or P2P test failed|"
+                         r"Two processes do not agree on the P2P access status|NCCL WARN .*")
+# NCCL's own lines, printed with NCCL_DEBUG: "gpu-1:215:230 [0] NCCL INFO ...", "NCCL version 2.28.9+cuda12.9"
+NCCL_OWN = re.compile(r"^\S+:\d+:\d+ \[\d+\] NCCL (?:INFO|WARN|TRACE) |^NCCL version ")
+# How long the log may stay quiet before the start counts as hung: after NCCL started (its warm-up
+# takes milliseconds, its set-up seconds even on 8 GPUs); after vLLM warned about the P2P path, while
+# the engine waits for its workers (a long torch.compile of a big model is quiet for minutes too).
+NCCL_QUIET = 180
+P2P_QUIET = 600
+
+HANG_ADVICE = (
+    "The instance's GPUs hang in their collective communication (NCCL or vLLM's custom all-reduce), which happens "
+    "where the GPUs' peer-to-peer path is broken (PCIe ACS or an IOMMU in the way, a VM's passthrough, consumer "
+    "GPUs): set NCCL_P2P_DISABLE: \"1\" in vllm_server_env (or the instance's env), and disable_custom_all_reduce: true "
+    "in the instance's options (vllm_server_options) if it still hangs; or give the instance one GPU (gpus: 1).")
+
+
+def docker_time(line):
+    """(seconds since the epoch, the line without the timestamp) of a `docker logs --timestamps` line,
+    or (None, line) for a line without one."""
+    match = DOCKER_TIMESTAMP.match(line)
+    if not match:
+        return None, line
+    import calendar
+
+    parts = match.groups()
+    seconds = calendar.timegm(tuple(int(p) for p in parts[:6]) + (0, 0, 0))
+    return seconds + float("0." + (parts[6] or "0")), line[match.end():]
+
+
+class HangWatch(object):
+    """Whether a vLLM start hangs in the GPUs' collective communication, from its log as it grows.
+
+    feed() takes the new lines of `docker logs --timestamps` (stdout and stderr in any order: they are
+    sorted by time); hang(now) says why the start hangs, or None. Only what the decision needs is kept.
+    """
+
+    def __init__(self):
+        self.last_time = None       # timestamp of the newest line seen
+        self.last_stamp = None      # the same as Docker wrote it: where the next read starts (docker logs --since)
+        self.last_lines = set()     # the lines with that timestamp, not to count twice
+        self.progress = None        # (time, text) of the newest line that is not a heartbeat
+        self.heartbeats = 0         # heartbeats since that line
+        self.nccl = None            # (time, version) of "vLLM is using nccl==..."
+        self.trouble = []           # P2P warnings and NCCL WARN lines, in order, distinct (at most 5)
+
+    def feed(self, lines):
+        stamped = []
+        line_of = {}
+        for line in lines:
+            when, text = docker_time(line)
+            if when is not None:
+                stamped.append((when, text))
+                line_of[(when, text)] = line
+        for when, text in sorted(stamped, key=lambda entry: entry[0]):
+            if self.last_time is not None and (when < self.last_time or (when == self.last_time and text in self.last_lines)):
+                continue
+            if when != self.last_time:
+                self.last_time, self.last_lines = when, set()
+                self.last_stamp = DOCKER_TIMESTAMP.match(line_of[(when, text)]).group(0).strip()
+            self.last_lines.add(text)
+            message = _split(text)[2]
+            trouble = P2P_TROUBLE.search(message)
+            if trouble and trouble.group(0) not in self.trouble and len(self.trouble) < 5:
+                self.trouble.append(trouble.group(0))
+            if HEARTBEAT.search(message):
+                self.heartbeats += 1
+                continue
+            if NCCL_OWN.search(message):
+                # NCCL talking about its set-up (NCCL_DEBUG) is not vLLM getting past it
+                continue
+            self.progress, self.heartbeats = (when, message), 0
+            nccl = NCCL_STARTED.search(message)
+            if nccl:
+                self.nccl = (when, nccl.group(1))
+
+    def hang(self, now):
+        """A sentence saying where the start hangs, or None while it may still be working."""
+        if self.nccl is None or self.progress is None:
+            return None
+        quiet = now - self.progress[0]
+        if NCCL_STARTED.search(self.progress[1]) and quiet >= NCCL_QUIET:
+            return ("vLLM started NCCL %s for the instance's GPUs and has logged nothing for %.0fs since (its set-up and "
+                    "warm-up all-reduce take seconds): the GPUs hang in NCCL, and waiting longer will not help."
+                    % (self.nccl[1], quiet))
+        if self.trouble and self.heartbeats and quiet >= P2P_QUIET:
+            return ("vLLM's engine has waited for its GPU workers with nothing logged for %.0fs but its 'No available shared "
+                    "memory broadcast block found' heartbeat, after it warned about the GPUs' peer-to-peer path (%s): the "
+                    "workers hang in a collective, and waiting longer will not help." % (quiet, " | ".join(self.trouble)))
+        return None

@@ -110,6 +110,11 @@ options:
     description:
       - Name of the Docker container that serves the endpoint, when the module runs on its host.
       - While waiting, a container that exited or restarts in a loop ends the wait at once.
+      - So does a start that hangs in the GPUs' collective communication (tensor parallelism over GPUs whose
+        peer-to-peer path is broken), seen in the container's log, which is read every 15 seconds. The wait then
+        ends after minutes instead of at O(timeout), after 3 minutes of silence following vLLM's
+        C(vLLM is using nccl==...), or 10 minutes of nothing but its C(No available shared memory broadcast block
+        found) heartbeat after vLLM warned about the GPUs' peer-to-peer path.
       - On failure, the container's state, the errors in its log and its last O(container_log_lines)
         lines are added to the message.
       - Needs the C(docker) CLI and access to the Docker daemon (usually C(become)). Leave it unset when
@@ -370,7 +375,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.llmops.vllm.plugins.module_utils._openai_endpoint import Endpoint, EndpointError, error_detail, header_safe
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_startup import advice, exceptions
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_startup import HANG_ADVICE, HangWatch, advice, exceptions
 
 
 class VerificationFailed(Exception):
@@ -720,6 +725,10 @@ class Container(object):
     CHECK_EVERY = 2.0
     # after a connection broke off: how long Docker may take to report the container's exit or restart
     SETTLE = 3.0
+    # seconds between two reads of what a running container logged while waiting (a docker logs each; the
+    # hangs they look for last minutes); the first read takes this many lines, then the lines since the last
+    LOG_EVERY = 15.0
+    LOG_FIRST = 1000
 
     def __init__(self, module, name, lines):
         self.module = module
@@ -728,6 +737,9 @@ class Container(object):
         self.docker = module.get_bin_path("docker")
         self.first_restarts = None
         self.last_check = None
+        self.last_log_read = None
+        self.hangs = HangWatch()
+        self.hang = None
 
     def state(self):
         """(status, exit code, restart count), or None when docker cannot tell."""
@@ -773,6 +785,23 @@ class Container(object):
             raise VerificationFailed("The container %s restarted %d times in %.0fs: vLLM crashes at start, so waiting longer "
                                      "will not help." % (self.name, restarts - self.first_restarts, waited),
                                      last_seen=last.summary() if last else "")
+        if status == "running":
+            self.watch_log(waited, last)
+
+    def watch_log(self, waited, last):
+        """Stop waiting for a start that hangs where vLLM's log shows it will not go on (_vllm_startup.HangWatch)."""
+        if self.last_log_read is not None and waited - self.last_log_read < self.LOG_EVERY:
+            return
+        self.last_log_read = waited
+        since = ["--since", self.hangs.last_stamp] if self.hangs.last_stamp else ["--tail", str(self.LOG_FIRST)]
+        rc, out, err = self.module.run_command([self.docker, "logs", "--timestamps"] + since + [self.name])
+        if rc != 0:
+            return
+        self.hangs.feed((out + err).splitlines())
+        self.hang = self.hangs.hang(time.time())
+        if self.hang:
+            raise VerificationFailed("The container %s runs, but its start hangs after %.0fs: %s" % (self.name, waited, self.hang),
+                                     last_seen=last.summary() if last else "")
 
     def settle(self):
         """Wait a moment for a container whose server just went away to show it: the connection closes as the
@@ -795,7 +824,7 @@ class Container(object):
         text = " Container %s: %s." % (self.name, state)
         errors = error_lines(log)
         result["container_errors"] = errors
-        result["advice"] = advice(errors)
+        result["advice"] = ([HANG_ADVICE] if self.hang else []) + advice(errors)
         if errors:
             text += " Errors in its log: " + " | ".join(errors)
         if result["advice"]:

@@ -36,10 +36,20 @@ def docker(*args, check=True, timeout=120):
     return result.stdout.strip()
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class VllmContainer(object):
     """One `vllm serve` in the CPU image, as its docs run it, with the API port on 127.0.0.1."""
 
-    def __init__(self, name, model, served_model_name=None, api_key=None, args=(), docker_args=()):
+    def __init__(self, name, model, served_model_name=None, api_key=None, args=(), docker_args=(), models=MODELS,
+                 offline=True, host_network=False, cpu_kvcache_space=1):
         self.name = PREFIX + name
         self.model = model
         self.served_model_name = served_model_name
@@ -47,6 +57,13 @@ class VllmContainer(object):
         self.args = list(args)
         # given after the defaults, so that they replace them (docker run: the last --shm-size wins)
         self.docker_args = list(docker_args)
+        # the Hugging Face home: the tiny models read-only offline, a writable directory online
+        self.models = models
+        self.offline = offline
+        # the host's network namespace (to reach a stand-in on 127.0.0.1), vLLM on 127.0.0.1 and a free port
+        self.host_network = host_network
+        # VLLM_CPU_KVCACHE_SPACE (GiB); None leaves it unset (kv_cache_memory_bytes then counts)
+        self.cpu_kvcache_space = cpu_kvcache_space
         self.port = None
         self.started_at = None
 
@@ -55,22 +72,45 @@ class VllmContainer(object):
         return "http://127.0.0.1:%d" % self.port
 
     def start(self):
-        command = ["run", "-d", "--name", self.name, "--shm-size", "512m", "-p", "127.0.0.1::8000",
-                   "-v", MODELS + ":/root/.cache/huggingface:ro",
-                   "-e", "HF_HUB_OFFLINE=1", "-e", "VLLM_CPU_KVCACHE_SPACE=1"] + self.docker_args + [
-                   IMAGE, self.model, "--max-model-len", "2048"]
+        command = ["run", "-d", "--name", self.name, "--shm-size", "512m"]
+        if self.host_network:
+            self.port = free_port()
+            command += ["--network", "host"]
+        else:
+            command += ["-p", "127.0.0.1::8000"]
+        command += ["-v", self.models + ":/root/.cache/huggingface" + (":ro" if self.offline else "")]
+        # online, nothing but the hub stand-in is asked (vLLM's usage statistics stay off)
+        command += ["-e", "HF_HUB_OFFLINE=1"] if self.offline else ["-e", "VLLM_NO_USAGE_STATS=1", "-e", "DO_NOT_TRACK=1"]
+        if self.cpu_kvcache_space is not None:
+            command += ["-e", "VLLM_CPU_KVCACHE_SPACE=%s" % self.cpu_kvcache_space]
+        command += self.docker_args + [IMAGE, self.model, "--max-model-len", "2048"]
+        if self.host_network:
+            command += ["--host", "127.0.0.1", "--port", str(self.port)]
         if self.served_model_name:
             command += ["--served-model-name", self.served_model_name]
         if self.api_key:
             command += ["--api-key", self.api_key]
         docker(*(command + self.args))
         self.started_at = time.monotonic()
-        # docker assigns the host port; read it while the container runs
-        self.port = int(docker("port", self.name, "8000").splitlines()[0].rsplit(":", 1)[1])
+        if not self.host_network:
+            # docker assigns the host port; read it while the container runs
+            self.port = int(docker("port", self.name, "8000").splitlines()[0].rsplit(":", 1)[1])
         return self
 
     def state(self):
         return docker("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name)
+
+    def finished_at(self):
+        """When the container exited (seconds since the epoch, Docker's clock), or None while it runs."""
+        import calendar
+        import re
+
+        stamp = docker("inspect", "--format", "{{.State.Status}} {{.State.FinishedAt}}", self.name).split()
+        match = re.match(r"(\d+)-(\d+)-(\d+)T(\d+):(\d+):(\d+)(?:\.(\d+))?Z$", stamp[1])
+        if stamp[0] not in ("exited", "dead") or not match:
+            return None
+        parts = match.groups()
+        return calendar.timegm(tuple(int(p) for p in parts[:6]) + (0, 0, 0)) + float("0." + (parts[6] or "0"))
 
     def kill(self):
         docker("kill", self.name)

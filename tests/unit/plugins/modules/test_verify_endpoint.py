@@ -725,6 +725,88 @@ def test_a_crash_looping_container_ends_the_wait_early(run_module, server, docke
     assert clock.now - 1000.0 < 10
 
 
+class GrowingLog(object):
+    """A running container whose log grows with the fake clock: `docker logs --timestamps` answers the lines
+    logged by now (after --since, or the last --tail), as Docker does; the wall clock is the fake one."""
+
+    WALL0 = 1796616000.0   # 2026-12-07T04:00:00Z, when the module starts (clock 1000)
+
+    def __init__(self, monkeypatch, clock, entries):
+        import datetime
+
+        self.clock = clock
+        self.calls = []
+        self.entries = []
+        for offset, line in entries:
+            when = datetime.datetime.fromtimestamp(self.WALL0 + offset, datetime.timezone.utc)
+            self.entries.append((self.WALL0 + offset, when.strftime("%Y-%m-%dT%H:%M:%S.") + "%09dZ" % (when.microsecond * 1000), line))
+        monkeypatch.setattr(mod.AnsibleModule, "get_bin_path", lambda self_, name, *a, **k: "/usr/bin/docker")
+        monkeypatch.setattr(mod.AnsibleModule, "run_command", lambda self_, args, **kw: self.run(args))
+        monkeypatch.setattr(mod.time, "time", self.wall)
+
+    def wall(self):
+        return self.WALL0 + self.clock.now - 1000.0
+
+    def run(self, args):
+        self.calls.append(args)
+        if args[1] == "inspect":
+            return 0, "running 0 0\n", ""
+        logged = [(when, stamp, line) for when, stamp, line in self.entries if when <= self.wall()]
+        if "--timestamps" not in args:
+            return 0, "".join(line + "\n" for dummy, dummy, line in logged), ""
+        if "--since" in args:
+            since = args[args.index("--since") + 1]
+            logged = [entry for entry in logged if entry[1] >= since]
+        elif "--tail" in args:
+            logged = logged[-int(args[args.index("--tail") + 1]):]
+        # vLLM's INFO lines go to stdout, tracebacks and NCCL to stderr: docker prints them as two streams
+        out = "".join("%s %s\n" % (stamp, line) for dummy, stamp, line in logged if "NCCL WARN" not in line)
+        err = "".join("%s %s\n" % (stamp, line) for dummy, stamp, line in logged if "NCCL WARN" in line)
+        return 0, out, err
+
+
+TP2_START = [
+    (1, "(APIServer pid=1) INFO 12-07 04:00:01 [api_server.py:1839] vLLM API server version 0.32.0"),
+    (20, "(Worker_TP0 pid=215) INFO 12-07 04:00:20 [parallel_state.py:1906] world_size=2 rank=0 local_rank=0 backend=nccl"),
+    (25, "gpu-1:215:230 [0] NCCL WARN Cuda failure 'peer access is not supported between these two devices'"),
+    (25, "(Worker_TP0 pid=215) INFO 12-07 04:00:25 [pynccl.py:148] vLLM is using nccl==2.28.9"),
+]
+
+
+def test_a_start_that_hangs_in_nccl_ends_the_wait_in_minutes(monkeypatch, run_module, server, clock):
+    server({("GET", "/health"): refused()})
+    docker = GrowingLog(monkeypatch, clock, TP2_START)
+    kind, result = run_module(mod.main, dict(ARGS, container="vllm", timeout=1800))
+    assert kind == "fail"
+    waited = clock.now - 1000.0
+    # three quiet minutes after the NCCL line (at 25s), seen at the next read (every 15s)
+    assert 205 <= waited <= 221, waited
+    assert result["msg"].startswith("The container vllm runs, but its start hangs after %.0fs: vLLM started NCCL 2.28.9 for "
+                                    "the instance's GPUs and has logged nothing for " % waited)
+    assert "NCCL_P2P_DISABLE: \"1\" in vllm_server_env" in result["advice"][0]
+    assert "disable_custom_all_reduce: true" in result["advice"][0]
+    assert "What to change: The instance's GPUs hang in their collective communication" in result["msg"]
+    assert result["container_state"] == "running (exit code 0, restarted 0 times)"
+    # cheap: one docker logs every 15s, its last 1000 lines until it has logged something (at 1s, seen at 15s),
+    # then only what is new (from the last line's timestamp: 1s, then 25s)
+    reads = [c for c in docker.calls if c[1] == "logs" and "--timestamps" in c]
+    assert reads[:2] == [["/usr/bin/docker", "logs", "--timestamps", "--tail", "1000", "vllm"]] * 2
+    assert reads[2][3:5] == ["--since", "2026-12-07T04:00:01.000000000Z"]
+    assert all(c[3:5] == ["--since", "2026-12-07T04:00:25.000000000Z"] for c in reads[3:])
+    assert len(reads) <= waited / 15 + 2
+
+
+def test_a_start_that_goes_on_is_waited_for(monkeypatch, run_module, server, clock):
+    server({("GET", "/health"): refused()})
+    # after NCCL, the start goes on: a line every 100s (weights from a slow disk), never ready
+    GrowingLog(monkeypatch, clock, TP2_START + [(25 + 100 * n, "(Worker_TP0 pid=215) INFO [default_loader.py:291] still loading")
+                                                for n in range(1, 20)])
+    kind, result = run_module(mod.main, dict(ARGS, container="vllm", timeout=1200))
+    assert kind == "fail" and clock.now - 1000.0 >= 1200
+    assert result["msg"].startswith("http://127.0.0.1:8000 did not become ready within 1200s")
+    assert not any("collective communication" in a for a in result["advice"])
+
+
 def test_a_container_that_is_not_there(run_module, server, docker_cli):
     server({("GET", "/health"): refused()})
     docker_cli([""])
