@@ -6,7 +6,8 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: collection_version
-author: llmops.vllm developers
+author:
+  - llmops.vllm developers (@llmops)
 version_added: 0.1.0
 short_description: The version of a collection the running ansible-core finds, or an empty string
 description:
