@@ -85,7 +85,9 @@ def test_a_model_is_downloaded_once_before_its_server_starts(host):
     assert "vllm-small-download" not in host.check_output("docker ps -a --format '{{.Names}}'")
 
 
-def test_the_artifact_installs_with_the_declared_dependencies_only(installed):
+# Each test takes testinfra's `host`, even where it does not use it: pytest runs the tests of the
+# parametrized fixture together, in file order, and any without it after them (after uninstall).
+def test_the_artifact_installs_with_the_declared_dependencies_only(host, installed):
     clean = os.path.join(installed["collections"], "ansible_collections")
     found = installed["installed"]
     # ansible-core's own collections (inside its package) aside, only what the clean path holds
@@ -97,7 +99,7 @@ def test_the_artifact_installs_with_the_declared_dependencies_only(installed):
     assert "grafana.grafana" not in found
 
 
-def test_the_installed_collection_serves_verifies_and_upgrades_the_converged_host(installed):
+def test_the_installed_collection_serves_verifies_and_upgrades_the_converged_host(host, installed):
     site = run_installed(installed, "site")
     assert site.returncode == 0, site.output[-3000:]
     assert recap(site.output, HOST)["changed"] == 0
