@@ -13,6 +13,7 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import vllm_secret_problems
 from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _get
 
 # HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.
@@ -132,6 +133,24 @@ def gateway_problems(backends, gateway_hosts, hostvars, settings):
     return list(dict.fromkeys(problems))
 
 
+def gateway_key_problems(backends, api_key):
+    """Sentences naming each key the gateway writes that cannot be used as given; never the key.
+
+    The gateway writes gateway_api_key into HAProxy's client key file and each backend's
+    vllm_server_api_key into its key map, one entry a line: a line break inside a key would make
+    two entries (the second an accepted credential of its own, without "Bearer "), and whitespace
+    around it or a character no HTTP header carries would lock every client out. The same checks
+    as the vLLM servers' keys (vllm_secret_problems), for the gateway's own key and for the
+    servers' keys as the gateway sees them (a host whose preflight did not run in this play).
+    """
+    secrets = {"gateway_api_key": api_key}
+    for backend in backends or []:
+        if backend.get("api_key"):
+            hosts = ", ".join(sorted(set(s["host"] for s in backend["servers"])))
+            secrets["vllm_server_api_key of %s" % hosts] = backend["api_key"]
+    return vllm_secret_problems(secrets)
+
+
 def gateway_models_list(backends):
     """The answer of GET /v1/models at the gateway: OpenAI's list shape, one entry per served model."""
     return {"object": "list",
@@ -217,6 +236,7 @@ class FilterModule(object):
         return {
             "gateway_backends": gateway_backends,
             "gateway_problems": gateway_problems,
+            "gateway_key_problems": gateway_key_problems,
             "gateway_models_list": gateway_models_list,
             "gateway_not_found_body": gateway_not_found_body,
             "gateway_haproxy_string": gateway_haproxy_string,

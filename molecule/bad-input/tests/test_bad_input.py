@@ -222,6 +222,24 @@ def test_a_first_deploy_of_a_model_the_hub_grants_passes_the_model_checks(host, 
     assert "is gated" not in result.output
 
 
+def test_a_gateway_key_with_a_line_break_stops_the_gateway_unprinted(host, tmp_path):
+    """The gateway writes its key into HAProxy's client key file, one key a line: this one would be two
+    accepted credentials. The bare host is also the gateway here; llmops.vllm.gateway stops in the
+    gateway role's preflight, before HAProxy is installed or a file written."""
+    import json
+
+    also_gateway = tmp_path / "gateway.yml"
+    also_gateway.write_text(json.dumps({"gateway": {"hosts": {"llmops-bad-input": {}}}}))
+    before = host_state(host)
+    result = run_playbook("playbooks/gateway.yml", {"gateway_api_key": "llmops-gw-0123\nBearer llmops-second-4567"},
+                          verbosity=3, extra_args=["-i", str(also_gateway)])
+    assert result.returncode != 0
+    assert ("llmops-bad-input: gateway_api_key holds a line break, another control character or a non-ASCII character"
+            in " ".join(result.output.split())), result.output[-3000:]
+    assert "llmops-gw-0123" not in result.output and "llmops-second-4567" not in result.output, "the key was printed"
+    assert host_state(host) == before, "the failed run changed the host"
+
+
 def test_the_host_is_bare(host):
     assert host.run("dpkg-query -W docker.io").rc != 0
     assert not host.file("/data").exists

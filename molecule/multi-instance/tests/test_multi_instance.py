@@ -1,18 +1,61 @@
-"""Several instances on one host, their removal, a rolled-back upgrade and uninstall.
+"""Several instances on one host, their removal, a rolled-back upgrade and uninstall; and the
+collection as an operator installs it (its built artifact and the dependencies galaxy.yml declares,
+next to ansible-core alone) running site, verify, upgrade, gateway and uninstall on this host.
 
 The tests run in file order and change the host as they go."""
 
 import json
 import os
 import shlex
+import subprocess
+import sys
 
+import pytest
 import yaml
 
-from llmops_testlib import CPU_IMAGE, TEST_API_KEY, VLLM_VERSION, aliased_inventory, containers, recap, run_playbook, verify
+from llmops_gateway import Gateway
+from llmops_testlib import (CPU_IMAGE, TEST_API_KEY, VLLM_VERSION, aliased_inventory, containers, outer_address, recap,
+                            run_playbook, verify)
 
 HOST = "llmops-multi-instance"
 IMAGE = CPU_IMAGE
 BROKEN = "vllm/vllm-openai-cpu:v%s-broken-x86_64" % VLLM_VERSION
+ROOT = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.join(os.path.dirname(__file__), "..", "..", "..")
+GATEWAY_KEY = "llmops-test-gateway-key"  # not a secret: a throwaway test host
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """llmops.vllm installed with `ansible-galaxy collection install --offline` from its built artifact and
+    the declared dependencies' artifacts, into a clean collections path next to a virtualenv holding
+    ansible-core and requirements.txt only (tests/tooling/collection_artifacts.py)."""
+    where = tmp_path_factory.mktemp("installed")
+    made = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "tooling", "collection_artifacts.py"), "install",
+                           str(where)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-3000:]
+    return dict(json.loads(made.stdout), cwd=str(where))
+
+
+def run_installed(installed, playbook, extra_vars=None, extra_args=None):
+    """`ansible-playbook llmops.vllm.<playbook>` of the installed collection against the scenario's
+    inventory, from a directory without ansible.cfg, with the clean collections path only."""
+    cmd = [os.path.join(installed["bin"], "ansible-playbook"), "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+           "llmops.vllm." + playbook]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    cmd += extra_args or []
+    env = dict(installed["env"], PATH=installed["bin"] + os.pathsep + installed["env"].get("PATH", ""))
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=installed["cwd"])
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def also_in_groups(directory, groups):
+    """An inventory file that puts the scenario's host into more groups (with host variables per group)."""
+    path = os.path.join(str(directory), "more-groups.yml")
+    with open(path, "w") as f:
+        json.dump(dict((group, {"hosts": {HOST: host_vars}}) for group, host_vars in groups.items()), f)
+    return ["-i", path]
 
 
 def test_each_instance_runs_in_its_own_container_on_its_own_port(host):
@@ -40,6 +83,79 @@ def test_a_model_is_downloaded_once_before_its_server_starts(host):
     stamp = host.file("/data/vllm/models/.downloaded/llmops-test--tiny-chat@main")
     assert stamp.is_file and stamp.content_string.strip() == "llmops-test/tiny-chat main"
     assert "vllm-small-download" not in host.check_output("docker ps -a --format '{{.Names}}'")
+
+
+# Each test takes testinfra's `host`, even where it does not use it: pytest runs the tests of the
+# parametrized fixture together, in file order, and any without it after them (after uninstall).
+def test_the_artifact_installs_with_the_declared_dependencies_only(host, installed):
+    clean = os.path.join(installed["collections"], "ansible_collections")
+    found = installed["installed"]
+    # ansible-core's own collections (inside its package) aside, only what the clean path holds
+    venv = os.path.dirname(installed["bin"])
+    elsewhere = dict((name, c["path"]) for name, c in found.items() if c["path"] != clean)
+    assert all(path.startswith(venv + os.sep) for path in elsewhere.values()), elsewhere
+    assert set(found) - set(elsewhere) == {"llmops.vllm"} | set(installed["closure"])
+    assert {"community.docker", "community.general", "ansible.posix"} <= set(installed["declared"])
+    assert "grafana.grafana" not in found
+
+
+def test_the_installed_collection_serves_verifies_and_upgrades_the_converged_host(host, installed):
+    site = run_installed(installed, "site")
+    assert site.returncode == 0, site.output[-3000:]
+    assert recap(site.output, HOST)["changed"] == 0
+    checked = run_installed(installed, "verify")
+    assert checked.returncode == 0, checked.output[-3000:]
+    with open(os.path.join(installed["cwd"], "reports", "verify.json")) as f:
+        rows = json.load(f)["endpoints"]
+    assert sorted((r["url"], r["model"], r["ok"]) for r in rows) == [
+        ("http://127.0.0.1:8000", "chat", True), ("http://127.0.0.1:8001", "chat-small", True)]
+    # issue 22: with no gateway group, this failed at once: couldn't resolve module/action 'community.general.haproxy'
+    upgraded = run_installed(installed, "upgrade")
+    assert upgraded.returncode == 0, upgraded.output[-3000:]
+    assert "couldn't resolve" not in upgraded.output
+    for port, model in ((8000, "chat"), (8001, "chat-small")):
+        assert "http://127.0.0.1:%d serves %s " % (port, model) in upgraded.output
+    assert recap(upgraded.output, HOST)["failed"] == 0
+
+
+def test_the_installed_collection_runs_a_gateway_and_upgrades_through_it(installed, host, tmp_path):
+    """This host is also the gateway: HAProxy routes to its two instances, and the upgrade drains and
+    enables them through community.general.haproxy."""
+    groups = also_in_groups(tmp_path, {"gateway": {}, "gpu_hosts": {"gateway_backend_address": "127.0.0.1"}})
+    made = run_installed(installed, "gateway", {"gateway_api_key": GATEWAY_KEY}, groups)
+    assert made.returncode == 0, made.output[-3000:]
+    gateway = Gateway(outer_address(host), key=GATEWAY_KEY)
+    for model in ("chat", "chat-small"):
+        status, body = gateway.chat(model)
+        assert status == 200 and body["model"] == model, body
+    # one server per model here: draining it is that model's outage, accepted on purpose
+    upgraded = run_installed(installed, "upgrade", {"gateway_api_key": GATEWAY_KEY, "gateway_drain_allow_last": True}, groups)
+    assert upgraded.returncode == 0, upgraded.output[-3000:]
+    text = " ".join(upgraded.output.split())
+    assert "Drain this host's servers and wait for their requests to finish" in text
+    assert "Enable this host's servers and wait until their health checks pass" in text
+    servers = gateway.servers()
+    assert len(servers) == 2
+    for backend, server in servers:
+        # each label twice: drained (pre_tasks), then enabled (post_tasks)
+        assert text.count("%s: %s/%s" % (HOST, backend, server)) >= 2, "not drained and enabled: %s/%s" % (backend, server)
+        assert gateway.status(backend, server).startswith("UP")
+    assert gateway.chat("chat")[0] == 200
+
+
+def test_the_installed_collection_refuses_grafana_without_its_collection(installed, host, tmp_path):
+    """grafana.grafana is optional (not in galaxy.yml): with Grafana on, the monitoring role names it and
+    its install command before anything on any host changes."""
+    result = run_installed(installed, "monitoring", {"monitoring_grafana_enabled": True,
+                                                     "monitoring_grafana_admin_password": "llmops-test-admin"},
+                           also_in_groups(tmp_path, {"monitoring": {}}))
+    assert result.returncode != 0
+    text = " ".join(result.output.split())
+    assert ("%s: Grafana is on (monitoring_grafana_enabled), but the grafana.grafana collection that installs it is "
+            "not installed on the control node. Install it there with `ansible-galaxy collection install "
+            "grafana.grafana`" % HOST) in text, result.output[-3000:]
+    assert recap(result.output, HOST)["changed"] == 0
+    assert not host.package("prometheus").is_installed
 
 
 def test_a_failed_download_is_reported_as_one_and_starts_nothing(host):
@@ -128,15 +244,16 @@ def test_dropping_an_instance_removes_its_container_and_only_that(host):
     assert [i["name"] for i in state["instances"]] == ["vllm-chat"]
 
 
-def test_uninstall_keeps_models_and_logs(host):
-    result = run_playbook("playbooks/uninstall.yml")
+def test_uninstall_keeps_models_and_logs(host, installed):
+    # llmops.vllm.uninstall as installed (the same playbook as the checkout's playbooks/uninstall.yml)
+    result = run_installed(installed, "uninstall")
     assert result.returncode == 0, result.output[-3000:]
     assert containers(host) == {}
     assert not host.file("/data/vllm/configs").exists
     assert host.file("/data/vllm/models/hub/models--llmops-test--tiny-chat/refs/main").exists
     assert host.file("/data/vllm/logs/vllm-chat.log").exists
     assert "vllm-chat-vllm-cache" not in host.check_output("docker volume ls --format '{{.Name}}'")
-    second = run_playbook("playbooks/uninstall.yml")
+    second = run_installed(installed, "uninstall")
     assert recap(second.output, HOST)["changed"] == 0
 
 

@@ -4,8 +4,8 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.gateway import (
-    gateway_backends, gateway_drain_problems, gateway_drain_refusals, gateway_haproxy_string, gateway_models_list,
-    gateway_not_found_body, gateway_problems, gateway_server_name, gateway_stat_rows, gateway_targets)
+    gateway_backends, gateway_drain_problems, gateway_drain_refusals, gateway_haproxy_string, gateway_key_problems,
+    gateway_models_list, gateway_not_found_body, gateway_problems, gateway_server_name, gateway_stat_rows, gateway_targets)
 
 HOSTVARS = {
     "gpu1": {"ansible_host": "10.0.0.1", "vllm_server_api_key": "k1", "vllm_server_served_instances": [
@@ -129,3 +129,34 @@ def test_the_last_healthy_server_of_a_model_is_not_drained_unless_allowed():
     assert "(others: gpu1:a DOWN)" in problem
     assert gateway_drain_refusals([{"item": "gw", "content": STATS}], "gpu1") == [problem.replace(
         "gpu2", "gpu1").replace("model0_tiny-chat", "model1_tiny-chat-b").replace("gpu1:a DOWN", "none")]
+
+
+# ---- keys written into HAProxy's one-entry-a-line files (issue 22) ----------------------------------
+
+@pytest.mark.parametrize("key", ["gw-key-0123\nBearer second-credential", "gw-key-0123\rrest", "gw-ключ-0123", "gw\x00key-0123"])
+def test_a_gateway_key_that_would_split_or_cannot_be_sent_is_refused_by_name(key):
+    found = gateway_key_problems(gateway_backends(["gpu1", "gpu2"], HOSTVARS), key)
+    assert len(found) == 1
+    assert found[0].startswith("gateway_api_key holds a line break, another control character or a non-ASCII character")
+    assert "0123" not in found[0] and "second-credential" not in found[0]
+
+
+@pytest.mark.parametrize("key", ["gw-key-0123\n", " gw-key-0123", "gw-key-0123\r\n"])
+def test_a_gateway_key_with_a_files_trailing_newline_is_refused_by_name(key):
+    found = gateway_key_problems([], key)
+    assert len(found) == 1 and found[0].startswith("gateway_api_key has whitespace at its start or end")
+    assert "0123" not in found[0]
+
+
+def test_a_servers_key_that_would_split_the_key_map_names_its_hosts():
+    hostvars = dict(HOSTVARS, gpu1=dict(HOSTVARS["gpu1"], vllm_server_api_key="k1\nmodel9_x Bearer injected"),
+                    gpu2=dict(HOSTVARS["gpu2"], vllm_server_api_key="k1\nmodel9_x Bearer injected"))
+    found = gateway_key_problems(gateway_backends(["gpu1", "gpu2", "gpu3"], hostvars), "gw-key")
+    # gpu1 serves two models, with gpu2 and alone: each set of hosts once
+    assert [f.split(" holds")[0] for f in found] == ["vllm_server_api_key of gpu1", "vllm_server_api_key of gpu1, gpu2"]
+    assert not any("injected" in f for f in found)
+
+
+@pytest.mark.parametrize("key", ["gw-key-0123", 'gw-"quoted"-$(id)', ""])
+def test_keys_any_client_can_send_pass(key):
+    assert gateway_key_problems(gateway_backends(["gpu1", "gpu2", "gpu3"], HOSTVARS), key) == []
