@@ -202,32 +202,52 @@ def gateway_targets(stat_results, host):
     return targets
 
 
-def gateway_drain_problems(rows, host, gateway, allow_last=False):
-    """Sentences for each model whose last healthy backend server would be drained with host; [] when safe."""
+def gateway_drain_problems(rows, host, gateway, allow_last=False, batch=None):
+    """Sentences for each model whose last healthy backend server would be drained with host; [] when safe.
+
+    batch lists the hosts that leave together (upgrade.yml's serial batch, host among them): the servers
+    of every one of them are on their way out, so none of them counts as the other healthy server.
+    """
     if allow_last:
         return []
+    leaving = [str(h) for h in (batch or []) if str(h) != str(host)]
     mine = set((s["backend"], s["server"]) for s in gateway_host_servers(rows, host))
+    going = set(mine)
+    for other in leaving:
+        going.update((s["backend"], s["server"]) for s in gateway_host_servers(rows, other))
     problems = []
     for backend in sorted(set(pair[0] for pair in mine)):
-        others = [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")
-                  and (backend, r.get("svname")) not in mine]
+        servers = [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")]
+        others = [r for r in servers if (backend, r.get("svname")) not in going]
         healthy = [r["svname"] for r in others if str(r.get("status", "")).startswith("UP")]
-        if not healthy:
+        if healthy:
+            continue
+        with_it = sorted(set(str(r["svname"]) for r in servers if (backend, r.get("svname")) in going
+                             and (backend, r.get("svname")) not in mine))
+        if with_it:
             problems.append(
-                "%s is the last healthy server of backend %s at gateway %s (others: %s): draining it would leave "
-                "its model without a server during the upgrade. Bring another server of the model up first, or "
-                "set gateway_drain_allow_last: true to accept the outage." % (
-                    host, backend, gateway,
+                "%s and %s, in the same batch of the upgrade, are the last healthy servers of backend %s at gateway %s "
+                "(others: %s): draining them together would leave its model without a server during the upgrade. Use a "
+                "smaller batch (llmops_upgrade_serial), bring another server of the model up first, or set "
+                "gateway_drain_allow_last: true to accept the outage." % (
+                    host, ", ".join(with_it), backend, gateway,
                     ", ".join("%s %s" % (r["svname"], r.get("status", "?")) for r in others) or "none"))
+            continue
+        problems.append(
+            "%s is the last healthy server of backend %s at gateway %s (others: %s): draining it would leave "
+            "its model without a server during the upgrade. Bring another server of the model up first, or "
+            "set gateway_drain_allow_last: true to accept the outage." % (
+                host, backend, gateway,
+                ", ".join("%s %s" % (r["svname"], r.get("status", "?")) for r in others) or "none"))
     return problems
 
 
-def gateway_drain_refusals(stat_results, host, allow_last=False):
+def gateway_drain_refusals(stat_results, host, allow_last=False, batch=None):
     """gateway_drain_problems at every gateway, from the registered results of reading their statistics."""
     problems = []
     for result in stat_results or []:
         problems.extend(gateway_drain_problems(gateway_stat_rows(result.get("content", "")), host,
-                                               result.get("item"), allow_last))
+                                               result.get("item"), allow_last, batch))
     return problems
 
 

@@ -131,6 +131,46 @@ def test_the_last_healthy_server_of_a_model_is_not_drained_unless_allowed():
         "gpu2", "gpu1").replace("model0_tiny-chat", "model1_tiny-chat-b").replace("gpu1:a DOWN", "none")]
 
 
+# A batch of upgrade.yml drains its hosts at once (issue 22): tiny-chat is served by gpu1 and gpu2 only.
+BATCH_STATS = """# pxname,svname,qcur,scur,status
+model0_tiny-chat,FRONTEND,0,0,OPEN
+model0_tiny-chat,gpu1:a,0,2,UP
+model0_tiny-chat,gpu2:vllm,0,0,UP
+model0_tiny-chat,BACKEND,0,2,UP
+model1_tiny-chat-b,gpu1:b,0,0,UP
+model1_tiny-chat-b,gpu3:vllm,0,0,UP
+model1_tiny-chat-b,BACKEND,0,0,UP
+model2_other,gpu3:o,0,0,UP
+model2_other,gpu4:o,0,0,UP
+model2_other,BACKEND,0,0,UP
+"""
+
+
+def test_a_batch_that_holds_every_server_of_a_model_is_refused_naming_them():
+    rows = gateway_stat_rows(BATCH_STATS)
+    # alone, each may go: the other keeps the model
+    assert gateway_drain_problems(rows, "gpu1", "gw") == [] and gateway_drain_problems(rows, "gpu2", "gw") == []
+    # together (llmops_upgrade_serial: 2), neither may
+    (problem,) = gateway_drain_problems(rows, "gpu1", "gw", batch=["gpu1", "gpu2"])
+    assert problem.startswith("gpu1 and gpu2:vllm, in the same batch of the upgrade, are the last healthy servers of "
+                              "backend model0_tiny-chat at gateway gw (others: none)"), problem
+    assert "llmops_upgrade_serial" in problem and "gateway_drain_allow_last: true" in problem
+    (problem,) = gateway_drain_problems(rows, "gpu2", "gw", batch=["gpu1", "gpu2"])
+    assert problem.startswith("gpu2 and gpu1:a, in the same batch")
+    assert gateway_drain_problems(rows, "gpu1", "gw", allow_last=True, batch=["gpu1", "gpu2"]) == []
+    assert gateway_drain_refusals([{"item": "gw", "content": BATCH_STATS}], "gpu2", batch=["gpu1", "gpu2"]) == [problem]
+
+
+def test_a_batch_spread_over_the_models_is_allowed():
+    rows = gateway_stat_rows(BATCH_STATS)
+    # gpu1 and gpu4: tiny-chat keeps gpu2, tiny-chat-b keeps gpu3, other keeps gpu3
+    for host in ("gpu1", "gpu4"):
+        assert gateway_drain_problems(rows, host, "gw", batch=["gpu1", "gpu4"]) == []
+    # gpu3 and gpu4 hold every server of model2_other
+    (problem,) = gateway_drain_problems(rows, "gpu4", "gw", batch=["gpu3", "gpu4"])
+    assert "backend model2_other" in problem and "gpu4 and gpu3:o" in problem
+
+
 # ---- keys written into HAProxy's one-entry-a-line files (issue 22) ----------------------------------
 
 @pytest.mark.parametrize("key", ["gw-key-0123\nBearer second-credential", "gw-key-0123\rrest", "gw-ключ-0123", "gw\x00key-0123"])
