@@ -241,6 +241,36 @@ def test_the_last_healthy_server_of_a_model_is_not_drained(gateway, host):
             gateway.wait_status(backend, server, "UP", 60)
 
 
+def test_a_batch_holding_every_server_of_a_model_is_not_drained(gateway):
+    """llmops_upgrade_serial: 2 makes gpu1 and gpu2 the first batch, and tiny-chat-b has no server elsewhere: their
+    drain is refused, naming both, before any server is drained or any container changed (issue 22)."""
+    backend = backend_of(gateway, "tiny-chat-b")
+    servers = sorted(gateway.backends()[backend])
+    assert sorted(set(s.split(":")[0] for s in servers)) == ["llmops-fleet-gpu1", "llmops-fleet-gpu2"], servers
+    started = dict((s, in_gpu_host(s, "inspect", "--format", "{{.State.StartedAt}}").stdout) for s in servers)
+    result = run_playbook("playbooks/upgrade.yml", {"vllm_server_env": upgraded_env("3"), "llmops_upgrade_serial": 2})
+    assert result.returncode != 0
+    text = " ".join(result.output.split())
+    assert "Batches of 2, 1 host(s)" in text, result.output[-3000:]
+    assert "in the same batch of the upgrade, are the last healthy servers of backend %s" % backend in text, result.output[-3000:]
+    assert "Use a smaller batch (llmops_upgrade_serial)" in text
+    for server in servers:
+        assert gateway.status(backend, server) == "UP", server
+        assert in_gpu_host(server, "inspect", "--format", "{{.State.StartedAt}}").stdout == started[server], server
+
+
+def test_a_batch_spread_over_the_models_is_drained_and_taken_back(gateway):
+    """gpu2 and gpu3 in one batch: tiny-chat-b keeps gpu1's server, tiny-chat gpu1's too. Nothing changes, so the
+    batch is drained, verified and put back without a restart."""
+    result = run_playbook("playbooks/upgrade.yml", {"llmops_upgrade_serial": 2,
+                                                   "llmops_target_hosts": "llmops-fleet-gpu2,llmops-fleet-gpu3"})
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Batches of 2 host(s)" in " ".join(result.output.split())
+    assert "Drain this host's servers and wait for their requests to finish" in result.output
+    for backend, server in gateway.servers():
+        gateway.wait_status(backend, server, "UP", 120)
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"gateway_models": ["tiny-chat", "llama-3"]}, "gateway_models asks for llama-3, but no host of gpu_hosts serves it"),
     ({"gateway_stats_port": 8080}, "gateway_port and gateway_stats_port are both 8080"),
