@@ -25,25 +25,39 @@ from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import (
     weight_files,
 )
 
+# huggingface_hub reads these when it is imported: no progress bars on a module's stderr.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+# The one import of huggingface_hub for the collection's modules (hf_model_config, hf_model_fetch): they
+# say HF_IMPORT_ERROR's install command before they use any of these names.
 try:
     import httpx2
-    from huggingface_hub import HfApi, constants, hf_hub_download
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
+        LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
     from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
 
     HF_IMPORT_ERROR = None
 except ImportError:
     HF_IMPORT_ERROR = traceback.format_exc()
+    httpx2 = HfApi = constants = hf_hub_download = snapshot_download = RepoFile = filter_repo_objects = None
+    EntryNotFoundError = GatedRepoError = HfHubHTTPError = LocalEntryNotFoundError = OfflineModeIsEnabled = None
+    RepositoryNotFoundError = RevisionNotFoundError = None
+
+# what hf_model_fetch takes from here besides Asker's own names
+__all__ = ["HF_IMPORT_ERROR", "Asker", "EntryNotFoundError", "GatedRepoError", "HfApi", "HfHubHTTPError",
+           "LocalEntryNotFoundError", "OfflineModeIsEnabled", "RepositoryNotFoundError", "RevisionNotFoundError",
+           "constants", "filter_repo_objects", "hf_hub_download", "httpx2", "snapshot_download", "GATED", "NOT_FOUND",
+           "REVISION", "TOKEN", "UNREACHABLE", "NO_CONFIG", "OTHER", "UNAVAILABLE"]
 
 # What a failed question means, for the preflight's refusals (vllm_preflight.vllm_model_problems).
 GATED, NOT_FOUND, REVISION, TOKEN, UNREACHABLE, NO_CONFIG, OTHER, UNAVAILABLE = (

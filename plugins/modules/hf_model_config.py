@@ -31,6 +31,7 @@ author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
   - llmops.vllm.attributes
+  - llmops.vllm.hf_hub
 options:
   models:
     description: The models to ask about.
@@ -46,14 +47,6 @@ options:
         description: A branch, a tag or a commit hash.
         type: str
         default: main
-  endpoint:
-    description:
-      - The hub or mirror to ask (what C(HF_ENDPOINT) sets). Unset, huggingface_hub's default applies
-        (C(HF_ENDPOINT) in the environment of the module, else V(https://huggingface.co)).
-    type: str
-  token:
-    description: A Hugging Face access token, for gated and private models.
-    type: str
   cache_dir:
     description:
       - A hub cache directory to keep the small files in (C(config.json), C(generation_config.json), the safetensors

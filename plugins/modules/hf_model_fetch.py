@@ -29,6 +29,7 @@ author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
   - llmops.vllm.attributes
+  - llmops.vllm.hf_hub
 options:
   repo_id:
     description: The model, C(<org>/<name>) as on the hub.
@@ -44,17 +45,6 @@ options:
         vLLM's C(HF_HUB_CACHE), by default C(~/.cache/huggingface/hub)). Created when missing.
     type: path
     required: true
-  endpoint:
-    description:
-      - The hub or mirror to download from (what C(HF_ENDPOINT) sets), for example
-        V(https://hf-mirror.com). Unset, huggingface_hub's default applies (C(HF_ENDPOINT) in the
-        environment of the module, else V(https://huggingface.co)).
-    type: str
-  token:
-    description:
-      - A Hugging Face access token, for gated and private models. Unset, huggingface_hub's
-        default applies (C(HF_TOKEN) in the environment, else the token saved by C(hf auth login)).
-    type: str
   allow_patterns:
     description: Only files whose path matches one of these glob patterns are downloaded.
     type: list
@@ -166,7 +156,6 @@ source:
 
 import os
 import sys
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -178,27 +167,20 @@ from ansible_collections.llmops.vllm.plugins.module_utils._hf_cache import (
     repo_folder,
     snapshot_files,
 )
-
-# huggingface_hub reads these when it is imported: no progress bars on a module's stderr.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-try:
-    import httpx2
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import filter_repo_objects
-
-    HF_IMPORT_ERROR = None
-except ImportError:
-    HF_IMPORT_ERROR = traceback.format_exc()
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_hub import (
+    HF_IMPORT_ERROR,
+    GatedRepoError,
+    HfApi,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+    constants,
+    filter_repo_objects,
+    httpx2,
+    snapshot_download,
+)
 
 TOKEN_HINT = "set the token (vllm_server_hf_token in the vllm_server role)"
 ENDPOINT_HINT = "check the endpoint (vllm_server_hf_endpoint in the vllm_server role) and the network"

@@ -1,0 +1,24 @@
+# -*- coding: utf-8 -*-
+# Copyright: llmops.vllm contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+    """The Hugging Face Hub options of the modules that talk to it (hf_model_fetch, hf_model_config)."""
+
+    DOCUMENTATION = r"""
+options:
+  endpoint:
+    description:
+      - The hub or mirror to talk to (what C(HF_ENDPOINT) sets), for example V(https://hf-mirror.com).
+        Unset, huggingface_hub's default applies (C(HF_ENDPOINT) in the environment of the module, else
+        V(https://huggingface.co)).
+    type: str
+  token:
+    description:
+      - A Hugging Face access token, for gated and private models. Unset, huggingface_hub's default applies
+        (C(HF_TOKEN) in the environment, else the token saved by C(hf auth login)).
+    type: str
+"""
