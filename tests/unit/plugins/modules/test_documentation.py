@@ -50,9 +50,23 @@ def test_documentation_parses(name):
     assert doc["module"] == name and doc["attributes"]["check_mode"]["support"]
 
 
+def documented_options(name):
+    """The module's options with those of the collection's doc fragments it extends, as ansible-doc merges them."""
+    doc = yaml.safe_load(doc_blocks(name)["DOCUMENTATION"])
+    options = dict(doc.get("options") or {})
+    for fragment in doc.get("extends_documentation_fragment") or []:
+        namespace, collection, short = fragment.split(".")
+        assert (namespace, collection) == ("llmops", "vllm"), fragment
+        module = __import__("ansible_collections.llmops.vllm.plugins.doc_fragments." + short, fromlist=["ModuleDocFragment"])
+        for option, value in (yaml.safe_load(module.ModuleDocFragment.DOCUMENTATION).get("options") or {}).items():
+            assert option not in options, "%s is documented in %s and in the fragment %s" % (option, name, fragment)
+            options[option] = value
+    return options
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_documented_options_are_the_argument_spec(name, monkeypatch):
-    options = yaml.safe_load(doc_blocks(name)["DOCUMENTATION"])["options"]
+    options = documented_options(name)
     spec = argument_spec(name, monkeypatch)
     assert sorted(options) == sorted(spec)
     for option, doc in options.items():
