@@ -34,6 +34,12 @@ import yaml
 
 from vllm_testbed import BIN, PREFIX, ROOT, docker
 
+# About 11 minutes (two host stand-ins converged by site.yml, two vLLM engines, four converges): `make test`
+# would pass CI's 90 minutes with it (issue 23), so it runs in `make integration-multinode`, which .ci/run
+# calls after `make test` while the run has the time (docs/testing.md).
+pytestmark = pytest.mark.skipif(os.environ.get("LLMOPS_IT_MULTINODE") != "1",
+                                reason="the multi-node end-to-end test runs in make integration-multinode")
+
 SYSTEMD_IMAGE = os.environ.get("LLMOPS_IT_SYSTEMD_IMAGE", "llmops-test/debian12-systemd:latest")
 NETWORK = os.environ.get("LLMOPS_TEST_NETWORK", "llmops-test")
 # The capability list of molecule/*/molecule.yml and tests/tooling/demo (--privileged does not work here).
