@@ -12,6 +12,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_cli_key
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import model_entries
 
 GIB = 1024.0 ** 3
 MIB = 1024 * 1024
@@ -383,9 +384,7 @@ def vllm_model_facts(instance, models, hub=None):
     """
     model, revision = str(instance.get("model")), str(instance.get("revision") or "main")
     facts = {"config": {}, "weights_bytes": 0}
-    for entry in list(models or []) + list(hub or []):
-        if entry.get("model") != model or str(entry.get("revision") or "main") != revision:
-            continue
+    for entry in model_entries(list(models or []) + list(hub or []), model, revision):
         if not facts["config"] and isinstance(entry.get("config"), dict):
             facts["config"] = entry["config"]
         if not facts["weights_bytes"]:

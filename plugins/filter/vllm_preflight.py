@@ -8,6 +8,9 @@ from __future__ import annotations
 # no client could send, and what the model's own config.json says about the instance that serves it.
 # Each returns sentences a person can act on (empty when all is well); none ever quotes a secret.
 
+from ansible.module_utils.parsing.convert_bool import boolean
+
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import model_entries
 from ansible_collections.llmops.vllm.plugins.module_utils._openai_endpoint import header_safe
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
@@ -77,11 +80,6 @@ def _offline(instance):
     return any(str(env.get(name, "")).strip().upper() in TRUE_VALUES for name in OFFLINE_VARIABLES)
 
 
-def _downloaded(instance):
-    value = instance.get("download")
-    return value is True or str(value).strip().lower() in ("true", "yes", "1", "on")
-
-
 def _cc(value):
     try:
         major, minor = str(value).split(".", 1)
@@ -117,19 +115,12 @@ def vllm_hub_questions(instances, models):
     questions = []
     for instance in instances:
         cached = by_model.get(str(instance.get("model")))
-        if cached is None or cached.get("cached") or (_offline(instance) and not _downloaded(instance)):
+        if cached is None or cached.get("cached") or (_offline(instance) and not boolean(instance.get("download"), strict=False)):
             continue
         question = vllm_model_ref(instance)
         if question not in questions:
             questions.append(question)
     return questions
-
-
-def _hub_answer(hub, model, revision):
-    for answer in hub or []:
-        if answer.get("model") == model and str(answer.get("revision") or "main") == revision:
-            return answer
-    return None
 
 
 def _hub_refusal(where, instance, answer):
@@ -200,7 +191,7 @@ def vllm_model_problems(instances, models, host, host_gpus=None, running=None, c
                    "" if not cached.get("snapshot") else ", which has no weights or config.json for revision %s"
                    % cached.get("revision")))
         config = cached.get("config") or {}
-        answer = None if cached.get("cached") else _hub_answer(hub, model, str(instance.get("revision") or "main"))
+        answer = None if cached.get("cached") else (model_entries(hub, model, str(instance.get("revision") or "main")) or [None])[0]
         if answer is not None:
             refusal = _hub_refusal(where, instance, answer)
             if refusal:

@@ -64,3 +64,8 @@ def index_total_size(index):
     if isinstance(total, (int, float)) and not isinstance(total, bool) and total > 0:
         return int(total)
     return None
+
+
+def model_entries(entries, model, revision):
+    """The entries (serving_host_info's or hf_model_config's models) that describe model at revision, in order."""
+    return [e for e in entries or [] if e.get("model") == model and str(e.get("revision") or "main") == revision]

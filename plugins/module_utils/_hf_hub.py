@@ -62,8 +62,6 @@ __all__ = ["HF_IMPORT_ERROR", "Asker", "EntryNotFoundError", "GatedRepoError", "
 # What a failed question means, for the preflight's refusals (vllm_preflight.vllm_model_problems).
 GATED, NOT_FOUND, REVISION, TOKEN, UNREACHABLE, NO_CONFIG, OTHER, UNAVAILABLE = (
     "gated", "not_found", "revision", "token_rejected", "unreachable", "no_config", "other", "unavailable")
-# what the small files of a model are called; only config.json must exist
-CONFIG_FILES = ("config.json", "generation_config.json")
 
 
 class Asker(object):
@@ -111,18 +109,19 @@ class Asker(object):
             info = self.api.repo_info(repo_id=model, revision=revision, token=self.token)
             entry["commit"] = info.sha or ""
             entry["gated"] = bool(getattr(info, "gated", False))
-            tree = self.api.list_repo_tree(model, revision=entry["commit"] or revision, recursive=True, token=self.token)
+            ref = entry["commit"] or revision
+            tree = self.api.list_repo_tree(model, revision=ref, recursive=True, token=self.token)
             sizes = dict((f.path, f.size or 0) for f in tree if isinstance(f, RepoFile))
             entry["files"] = len(sizes)
             # the gate guards the files, not the metadata: this is where a token without access is refused
-            config = self.download(model, entry["commit"] or revision, "config.json", scratch)
+            config = self.download(model, ref, "config.json", scratch)
             entry["config"] = model_config_summary(config) if isinstance(config, dict) else {}
             if "generation_config.json" in sizes:
-                generation = self.download(model, entry["commit"] or revision, "generation_config.json", scratch)
+                generation = self.download(model, ref, "generation_config.json", scratch)
                 entry["generation_config"] = generation if isinstance(generation, dict) else {}
             total = None
             if SAFETENSORS_INDEX in sizes:
-                total = index_total_size(self.download(model, entry["commit"] or revision, SAFETENSORS_INDEX, scratch))
+                total = index_total_size(self.download(model, ref, SAFETENSORS_INDEX, scratch))
             entry["weights_bytes"] = total or sum(weight_files(sizes).values())
         except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError) as e:
             self.failure(entry, e)
