@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A bounded load of real OpenAI-client requests: a fixed number of workers send streaming and
-non-streaming chat completions until COUNT requests were sent or SECONDS passed, then print what
+non-streaming chat completions, each read to its end (a finish_reason, and the usage of the whole reply,
+streamed replies too) until COUNT requests were sent or SECONDS passed, then print what
 was sent, what failed and the p50/p99 latency. Only for the test hosts of this repository
 (loopback or the llmops-test docker network).
 
@@ -23,6 +24,15 @@ def percentile(values, q):
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
+
+
+def check_usage(usage, finish_reason, max_tokens):
+    """A whole reply's usage: tokens were read and written, and a reply cut by max_tokens wrote exactly that many."""
+    if not usage.prompt_tokens or not usage.completion_tokens:
+        raise RuntimeError("usage without tokens: %s" % usage)
+    if usage.completion_tokens > max_tokens or (finish_reason == "length" and usage.completion_tokens != max_tokens):
+        raise RuntimeError("finish_reason %s with %d completion tokens for max_tokens %d"
+                           % (finish_reason, usage.completion_tokens, max_tokens))
 
 
 class Load(object):
@@ -57,20 +67,29 @@ class Load(object):
         stream = self.stream_every > 0 and number % self.stream_every == 0
         messages = [{"role": "user", "content": "Count to five, request %d." % number}]
         if stream:
+            # include_usage: vLLM sends one last chunk with the usage of the whole reply
             chunks = client.chat.completions.create(model=model, messages=messages, max_tokens=self.max_tokens,
-                                                    stream=True)
+                                                    stream=True, stream_options={"include_usage": True})
             received = 0
-            finished = False
+            finish_reason, usage = None, None
             for chunk in chunks:
                 received += 1
                 if chunk.choices and chunk.choices[0].finish_reason:
-                    finished = True
-            if not finished:
+                    finish_reason = chunk.choices[0].finish_reason
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            if finish_reason is None:
                 raise RuntimeError("the stream ended without a finish_reason after %d chunks" % received)
+            if usage is None:
+                raise RuntimeError("the stream ended without its usage chunk after %d chunks" % received)
         else:
             reply = client.chat.completions.create(model=model, messages=messages, max_tokens=self.max_tokens)
             if not reply.choices or reply.choices[0].finish_reason is None:
                 raise RuntimeError("a reply without a finished choice")
+            finish_reason, usage = reply.choices[0].finish_reason, reply.usage
+            if usage is None:
+                raise RuntimeError("a reply without usage")
+        check_usage(usage, finish_reason, self.max_tokens)
         return model, stream
 
     def _worker(self):
