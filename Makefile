@@ -102,8 +102,15 @@ bench-fleet: testbed
 bench-gateway: deps images models
 	$(BIN)/python benchmarks/gateway.py
 
+# The scenarios run in two lanes side by side (tests/tooling/lanes; LLMOPS_LANES=1 for one after the
+# other): the fleet scenario, the longest, with bad-input; the others in the second lane, longest first.
+LANE_FLEET := fleet bad-input
+LANE_OTHERS := multi-instance default compose gpu-host docker-merge
+lane_fleet = $(strip $(foreach s,$(LANE_FLEET),$(filter $(s),$(SCENARIOS))))
+lane_others = $(strip $(foreach s,$(LANE_OTHERS),$(filter $(s),$(SCENARIOS))) $(filter-out $(LANE_FLEET) $(LANE_OTHERS),$(SCENARIOS)))
+
 molecule: testbed
-	for scenario in $(SCENARIOS); do molecule test --scenario-name "$$scenario"; done
+	$(TOOLING)/lanes "$(lane_fleet)" "$(lane_others)"
 
 # The execution environment's local variant (tests/ee/execution-environment.yml), built with
 # ansible-builder (only when its content changed), and site.yml run from inside it against a
@@ -111,7 +118,9 @@ molecule: testbed
 ee: testbed
 	$(TOOLING)/ee all
 
-test: lint unit sanity integration molecule ee
+# The molecule scenarios and the execution environment's test share the two lanes (ee last in the second).
+test: lint unit sanity integration
+	$(TOOLING)/lanes "$(lane_fleet)" "$(lane_others) ee"
 
 clean: demo-down
 	$(TOOLING)/ee down
