@@ -53,18 +53,34 @@ def fleet_images(hosts, hostvars, hub_only=False, fact="llmops_vllm_images"):
     return images
 
 
-def fleet_report(hosts, hostvars):
-    """One row per host: ok, failed (with the step and the message) or not reached."""
+def unreachable_reasons(probe):
+    """{host: message} of the hosts a probe (a registered loop of ping delegated to each host, with
+    ignore_unreachable and ignore_errors) could not reach, or reached only to get an error back."""
+    reasons = {}
+    for result in (probe or {}).get("results", []) or []:
+        if isinstance(result, dict) and (result.get("unreachable") or result.get("failed")):
+            reasons[str(result.get("item"))] = failure_reason(result).strip() or "unreachable"
+    return reasons
+
+
+def fleet_report(hosts, hostvars, unreachable=None, stopped=False):
+    """One row per host: ok, failed (with the step and the message), unreachable (with the connection
+    error, from unreachable_reasons) or not reached (stopped by llmops_any_errors_fatal /
+    llmops_max_fail_percentage when stopped, else left by the run for a reason Ansible printed above)."""
     rows = []
+    unreachable = unreachable or {}
     for host in hosts or []:
         failure = _get(hostvars, host, "llmops_site_failure")
         if failure:
             rows.append({"host": host, "status": "failed", "step": failure.get("step", ""), "reason": failure.get("reason", "")})
         elif _get(hostvars, host, "llmops_site_done"):
             rows.append({"host": host, "status": "ok", "step": "", "reason": ""})
+        elif host in unreachable:
+            rows.append({"host": host, "status": "unreachable", "step": "", "reason": unreachable[host]})
         else:
             rows.append({"host": host, "status": "not reached", "step": "",
-                         "reason": "unreachable, or stopped by llmops_any_errors_fatal / llmops_max_fail_percentage before it finished"})
+                         "reason": "stopped by llmops_any_errors_fatal / llmops_max_fail_percentage before it finished"
+                         if stopped else "the run left it before it finished: see its last task above"})
     return rows
 
 
@@ -79,15 +95,24 @@ def not_from_docker_hub(instances):
 
 
 def failure_reason(result):
-    """The message of a failed task's result; for a loop, the first failed item's message."""
+    """The message of a failed task's result; for a loop, the first failed item's message; for gathered
+    facts, the first failed module's. Where the message only says that the module's output was not
+    JSON (a connection that returned the remote side's error instead, e.g. a container that is gone),
+    what the remote side said (module_stderr) is added."""
     if not isinstance(result, dict):
         return ""
+    modules = result.get("failed_modules")
+    if isinstance(modules, dict) and modules:
+        return failure_reason(list(modules.values())[0])
     message = result.get("msg", "")
     items = [r for r in result.get("results", []) or [] if isinstance(r, dict) and r.get("failed")]
     if items and (not message or message == "One or more items failed"):
         item = items[0]
         label = item.get("_ansible_item_label", item.get("item", ""))
-        message = "%s%s" % ("(%s) " % (label,) if label not in ("", None) else "", item.get("msg", "failed"))
+        message = "%s%s" % ("(%s) " % (label,) if label not in ("", None) else "", failure_reason(item) or "failed")
+    stderr = str(result.get("module_stderr", "") or "").strip()
+    if stderr and (str(message).startswith("Module result deserialization failed") or str(message).startswith("MODULE FAILURE")):
+        message = "%s: %s" % (message, stderr.splitlines()[-1])
     return str(message)
 
 
@@ -115,6 +140,7 @@ class FilterModule(object):
             "image_registry": image_registry,
             "fleet_images": fleet_images,
             "fleet_report": fleet_report,
+            "unreachable_reasons": unreachable_reasons,
             "not_from_docker_hub": not_from_docker_hub,
             "fleet_report_line": fleet_report_line,
             "failure_reason": failure_reason,

@@ -1,7 +1,9 @@
 """Failures in a fleet run: a host that fails its preflight does not stop the others, the report
-names it and why, and llmops_any_errors_fatal stops the whole run before anything changes.
+names every host that failed in any play (a GPU host, the gateway), the step and why, and a host
+that is gone with its connection's error; llmops_any_errors_fatal and llmops_max_fail_percentage stop
+the whole run before anything changes (issue 22, item 7).
 
-Runs after the other fleet tests (file order): the first case leaves gpu3 out of the gateway."""
+Runs after the other fleet tests but the upgrade (file order)."""
 
 import json
 import os
@@ -11,6 +13,8 @@ import subprocess
 from llmops_testlib import recap, run_playbook
 
 OPS = "llmops-fleet-ops"
+# In the inventory, not on the machine: a host that is down from the start of the run.
+GHOST = "llmops-fleet-ghost"
 # The fleet report's line for gpu3 when its port is taken (YAML doubles the quotes in the output).
 REPORTED = (r"llmops-fleet-gpu3: FAILED at '+Check that each serving port is free or held by its own container'+: "
             r"\(8002\) llmops-fleet-gpu3: port 8002, which the vLLM container vllm is to publish, is held by python3")
@@ -18,11 +22,19 @@ REPORTED = (r"llmops-fleet-gpu3: FAILED at '+Check that each serving port is fre
 
 def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
     """gpu3 is told to serve on a port something else holds: it fails its preflight and changes
-    nothing, the other hosts run to the end, the run fails, and the report names gpu3 and why."""
+    nothing, the other hosts run to the end, the run fails, and the report names gpu3 and why. In the
+    same run a GPU host of the inventory is down (no such container) and the gateway is given a port
+    clash: the report names both, the first with its connection's error, the second with the
+    gateway's refusal, and the gateway keeps its configuration."""
     blocker = ["docker", "exec", "-d", "llmops-fleet-gpu3", "python3", "-m", "http.server", "8002"]
     subprocess.run(blocker, check=True)
     override = tmp_path / "override.yml"
-    override.write_text(json.dumps({"gpu_hosts": {"hosts": {"llmops-fleet-gpu3": {"vllm_server_port": 8002}}}}))
+    override.write_text(json.dumps({
+        "gpu_hosts": {"hosts": {"llmops-fleet-gpu3": {"vllm_server_port": 8002},
+                                GHOST: {"ansible_connection": "community.docker.docker"}}},
+        "gateway": {"hosts": {OPS: {"gateway_stats_port": 8080}}},
+    }))
+    haproxy_before = subprocess.check_output(["docker", "exec", OPS, "cat", "/etc/haproxy/haproxy.cfg"], text=True)
     try:
         before = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)
         cmd_inventory = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -32,12 +44,16 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
         for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2"):
             counts = recap(result.output, name)
             assert counts["failed"] == 0 and counts["changed"] == 0, (name, counts)
-        # The gateway takes the failed host out until it converges again.
-        assert recap(result.output, OPS)["failed"] == 0
         text = " ".join(result.output.split())
         assert re.search(REPORTED, text), text[-4000:]
-        for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
+        for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2"):
             assert "%s: ok" % name in text
+        # the gateway's failure is in the report, and the gateway kept what it had
+        assert recap(result.output, OPS)["failed"] == 1 and recap(result.output, OPS)["changed"] == 0
+        assert re.search(r"%s: FAILED at '+[^']+'+: .*gateway_port and gateway_stats_port are both 8080" % OPS, text), text[-4000:]
+        assert subprocess.check_output(["docker", "exec", OPS, "cat", "/etc/haproxy/haproxy.cfg"], text=True) == haproxy_before
+        # the host that is down: its connection's error, not a guess
+        assert "%s: UNREACHABLE (" % GHOST in text and "No such container: %s" % GHOST in text, text[-4000:]
         after = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)
         assert after == before
 
@@ -52,6 +68,16 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
                          r"\(vllm\) Instance vllm on llmops-fleet-gpu3 has options vLLM would not take: max_batch_size: .*max_num_seqs", text), text[-4000:]
         for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
             assert "%s: NOT REACHED" % name in text, text[-4000:]
+            assert recap(result.output, name)["changed"] == 0
+        assert "Install the distribution's registry package" not in result.output
+        # llmops_max_fail_percentage: more than 30 % of the GPU hosts failed their check (one of three),
+        # so the run stops there, before anything changes anywhere.
+        result = run_playbook("site.yml", {"llmops_max_fail_percentage": 30}, inventory=cmd_inventory, extra_args=["-i", str(bad)])
+        assert result.returncode != 0
+        text = " ".join(result.output.split())
+        assert re.search(r"llmops-fleet-gpu3: FAILED at '+Check each instance'+s vLLM options", text), text[-4000:]
+        for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
+            assert "%s: NOT REACHED (stopped by llmops_any_errors_fatal / llmops_max_fail_percentage" % name in text, text[-4000:]
             assert recap(result.output, name)["changed"] == 0
         assert "Install the distribution's registry package" not in result.output
     finally:

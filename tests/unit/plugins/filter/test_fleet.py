@@ -68,7 +68,30 @@ def test_fleet_report_names_each_host_and_why():
     lines = [fleet.fleet_report_line(r) for r in rows]
     assert lines[0] == "gpu-1: ok"
     assert lines[1] == "gpu-2: FAILED at 'Check the ports': port 8000 is taken by nginx"
-    assert lines[2].startswith("gpu-3: NOT REACHED (unreachable")
+    assert lines[2] == "gpu-3: NOT REACHED (the run left it before it finished: see its last task above)"
+    stopped = fleet.fleet_report(["gpu-3"], hostvars, stopped=True)
+    assert fleet.fleet_report_line(stopped[0]) == (
+        "gpu-3: NOT REACHED (stopped by llmops_any_errors_fatal / llmops_max_fail_percentage before it finished)")
+
+
+def test_fleet_report_gives_the_connection_error_of_a_host_the_run_lost():
+    """The report play pings the hosts that neither finished nor failed (ignore_unreachable, ignore_errors):
+    an SSH host that is down is unreachable; a Docker connection to a container that is gone fails the
+    module with the daemon's answer in module_stderr. Both become the host's reason."""
+    probe = {"results": [
+        {"item": "gpu-3", "unreachable": True, "msg": "Failed to connect to the host via ssh: Connection refused\n"},
+        {"item": "gpu-4", "failed": True, "msg": "Module result deserialization failed: No start of json char found",
+         "module_stderr": "Error response from daemon: No such container: gpu-4\n"},
+        {"item": "gpu-5", "ping": "pong"},
+    ]}
+    reasons = fleet.unreachable_reasons(probe)
+    assert reasons == {"gpu-3": "Failed to connect to the host via ssh: Connection refused",
+                       "gpu-4": "Module result deserialization failed: No start of json char found: "
+                                "Error response from daemon: No such container: gpu-4"}
+    assert fleet.unreachable_reasons({"skipped": True}) == {}
+    rows = fleet.fleet_report(["gpu-3", "gpu-4", "gpu-5"], {}, reasons)
+    assert [r["status"] for r in rows] == ["unreachable", "unreachable", "not reached"]
+    assert fleet.fleet_report_line(rows[0]) == "gpu-3: UNREACHABLE (Failed to connect to the host via ssh: Connection refused)"
 
 
 def test_failure_reason_of_a_task_and_of_a_loop():
@@ -79,6 +102,12 @@ def test_failure_reason_of_a_task_and_of_a_loop():
     labelled = {"results": [{"failed": True, "_ansible_item_label": "org/m@main", "msg": "gated"}]}
     assert fleet.failure_reason(labelled) == "(org/m@main) gated"
     assert fleet.failure_reason({"censored": "the output has been hidden"}) == ""
+    # gathered facts that failed: the failed module's result; a module whose output was not JSON: what the remote said
+    gone = {"msg": "The following modules failed to execute: ansible.legacy.setup.", "failed_modules": {
+        "ansible.legacy.setup": {"failed": True, "msg": "Module result deserialization failed: No start of json char found",
+                                 "module_stderr": "Error response from daemon: No such container: gpu-9"}}}
+    assert fleet.failure_reason(gone) == ("Module result deserialization failed: No start of json char found: "
+                                          "Error response from daemon: No such container: gpu-9")
 
 
 def test_failed_percentage():
