@@ -13,6 +13,7 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_inventory_instances
 from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import vllm_secret_problems
 from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _get
 
@@ -39,34 +40,33 @@ def _is_loopback(address):
     return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
 
 
-def gateway_backends(hosts, hostvars, instances_var="vllm_server_served_instances"):
+def gateway_backends(hosts, hostvars, vllm_defaults=None):
     """One backend per served model name, its servers every instance of every host serving it.
 
-    hosts lists the inventory hosts of the vLLM group; hostvars[host][instances_var] holds the
-    host's resolved instances (set by the vllm_server role's served.yml: name, port, served_model_name,
-    bind_address). A host's address is gateway_backend_address, else ansible_host, else its name.
-    The backend's API key is the host's vllm_server_api_key ('' when the server is open).
+    hosts lists the inventory hosts of the vLLM group. Each host's instances are those its inventory
+    declares (llmops.vllm.vllm_inventory_instances: its hostvars over vllm_server's defaults), whether or
+    not the host is in this run: a --limit, llmops_target_hosts or a failed host keeps its servers, and
+    the health checks take a server that does not answer out. A host's address is
+    gateway_backend_address, else ansible_host, else its name. The backend's API key is the host's
+    vllm_server_api_key ('' when the server is open).
     """
     if not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError("gateway_backends wants a list of hosts, not %s" % type(hosts).__name__)
     models = {}
-    for host in hosts:
-        instances = _get(hostvars, host, instances_var, [])
-        if not isinstance(instances, (list, tuple)):
-            raise AnsibleFilterError("%s of %s must be a list of instances" % (instances_var, host))
+    for instance in vllm_inventory_instances(hosts, hostvars, vllm_defaults):
+        host = instance["host"]
         address = _get(hostvars, host, "gateway_backend_address", "") or _get(hostvars, host, "ansible_host", "") or host
         api_key = str(_get(hostvars, host, "vllm_server_api_key", "") or "")
-        for instance in instances:
-            for model in _served_names(instance):
-                models.setdefault(model, []).append({
-                    "name": gateway_server_name(host, instance.get("name")),
-                    "host": str(host),
-                    "instance": str(instance.get("name")),
-                    "address": str(address),
-                    "port": instance.get("port"),
-                    "bind_address": str(instance.get("bind_address") or "0.0.0.0"),
-                    "api_key": api_key,
-                })
+        for model in _served_names(instance):
+            models.setdefault(model, []).append({
+                "name": gateway_server_name(host, instance.get("name")),
+                "host": str(host),
+                "instance": str(instance.get("name")),
+                "address": str(address),
+                "port": instance.get("port"),
+                "bind_address": str(instance.get("bind_address") or "0.0.0.0"),
+                "api_key": api_key,
+            })
     backends = []
     for index, model in enumerate(sorted(models)):
         servers = sorted(models[model], key=lambda s: s["name"])

@@ -248,7 +248,7 @@ def test_a_batch_spread_over_the_models_is_drained_and_taken_back(gateway):
 @pytest.mark.parametrize("extra, message", [
     ({"gateway_models": ["tiny-chat", "llama-3"]}, "gateway_models asks for llama-3, but no host of gpu_hosts serves it"),
     ({"gateway_stats_port": 8080}, "gateway_port and gateway_stats_port are both 8080"),
-    ({"gateway_backend_group": "monitoring"}, "no vLLM instance to route to: the group monitoring"),
+    ({"gateway_backend_group": "gpu-hosts"}, "no vLLM instance to route to: the group gpu-hosts"),
 ])
 def test_bad_input_is_refused_before_any_change(host, extra, message):
     before = host.file("/etc/haproxy/haproxy.cfg").content_string

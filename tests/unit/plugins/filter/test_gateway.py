@@ -8,12 +8,12 @@ from ansible_collections.llmops.vllm.plugins.filter.gateway import (
     gateway_models_list, gateway_not_found_body, gateway_problems, gateway_server_name, gateway_stat_rows, gateway_targets)
 
 HOSTVARS = {
-    "gpu1": {"ansible_host": "10.0.0.1", "vllm_server_api_key": "k1", "vllm_server_served_instances": [
+    "gpu1": {"ansible_host": "10.0.0.1", "vllm_server_api_key": "k1", "vllm_server_instances": [
         {"name": "a", "model": "/m/tiny", "served_model_name": "tiny-chat", "port": 8000, "bind_address": "0.0.0.0"},
         {"name": "b", "model": "/m/tiny", "served_model_name": "tiny-chat-b", "port": 8001, "bind_address": "0.0.0.0"}]},
-    "gpu2": {"vllm_server_api_key": "k1", "vllm_server_served_instances": [
+    "gpu2": {"vllm_server_api_key": "k1", "vllm_server_instances": [
         {"name": "vllm", "model": "/m/tiny", "served_model_name": "tiny-chat", "port": 8000}]},
-    "gpu3": {"gateway_backend_address": "gpu3.internal", "vllm_server_served_instances": [
+    "gpu3": {"gateway_backend_address": "gpu3.internal", "vllm_server_instances": [
         {"name": "vllm", "model": "org/Model-7B", "served_model_name": "", "port": 8000}]},
 }
 SETTINGS = {"port": 8080, "stats_port": 8404, "models": [], "require_api_key": True, "api_key_set": True,
@@ -33,19 +33,19 @@ def test_one_backend_per_served_model_with_every_instance_serving_it():
 
 
 def test_a_list_of_served_names_puts_the_instance_into_each_backend():
-    hostvars = {"h": {"vllm_server_served_instances": [{"name": "x", "served_model_name": ["a", "b"], "port": 1}]}}
+    hostvars = {"h": {"vllm_server_instances": [{"name": "x", "served_model_name": ["a", "b"], "port": 1}]}}
     assert [b["servers"][0]["name"] for b in gateway_backends(["h"], hostvars)] == ["h:x", "h:x"]
 
 
 def test_hosts_without_instances_give_no_backend_and_a_problem_naming_the_group():
-    backends = gateway_backends(["lonely"], {"lonely": {}})
-    assert backends == []
+    backends = gateway_backends(["lonely"], {"lonely": {"vllm_server_instances": []}})
+    assert backends == [] and gateway_backends([], {}) == []
     (problem,) = gateway_problems(backends, ["gw"], {}, SETTINGS)
     assert "no vLLM instance to route to: the group gpu_hosts" in problem and "gateway_backend_group" in problem
 
 
 def test_bad_input_is_named():
-    hostvars = dict(HOSTVARS, gpu2={"vllm_server_api_key": "other", "vllm_server_served_instances": [
+    hostvars = dict(HOSTVARS, gpu2={"vllm_server_api_key": "other", "vllm_server_instances": [
         {"name": "vllm", "served_model_name": "tiny-chat", "port": 8000, "bind_address": "127.0.0.1"}]})
     backends = gateway_backends(["gpu1", "gpu2"], hostvars)
     problems = " ".join(gateway_problems(backends, ["gw"], hostvars, dict(SETTINGS, models=["tiny-chat", "llama"])))
