@@ -28,7 +28,7 @@ def docker_address(name):
 def prometheus_targets(host):
     """(job, host, vllm_instance) of every active Prometheus target, read on the monitoring host."""
     url = "http://127.0.0.1:9090/api/v1/targets?" + urllib.parse.urlencode({"state": "active"})
-    body = json.loads(host.check_output("curl -fsS '%s'", url))
+    body = json.loads(host.check_output("curl -fsS %s", url))
     return sorted((t["labels"]["job"], t["labels"].get("host", ""), t["labels"].get("vllm_instance", ""))
                   for t in body["data"]["activeTargets"])
 

@@ -1,7 +1,8 @@
 """Failures in a fleet run: a host that fails its preflight does not stop the others, the report
 names it and why, and llmops_any_errors_fatal stops the whole run before anything changes.
 
-Runs after the other fleet tests (file order): the first case leaves gpu3 out of the gateway."""
+Runs after the other fleet tests (file order): the first case leaves gpu3 in the gateway at the port its
+inventory override gives it, where its health checks hold it down."""
 
 import json
 import os
@@ -32,8 +33,12 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
         for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2"):
             counts = recap(result.output, name)
             assert counts["failed"] == 0 and counts["changed"] == 0, (name, counts)
-        # The gateway takes the failed host out until it converges again.
+        # The gateway keeps the failed host (its health checks hold it down) and every other host's servers.
         assert recap(result.output, OPS)["failed"] == 0
+        config = subprocess.check_output(["docker", "exec", OPS, "cat", "/etc/haproxy/haproxy.cfg"], text=True)
+        servers = sorted(set(re.findall(r"^\s+server (llmops-fleet-gpu\d:\S+) ", config, re.M)))
+        assert servers == ["llmops-fleet-gpu1:vllm-chat", "llmops-fleet-gpu1:vllm-chat-b", "llmops-fleet-gpu2:vllm",
+                           "llmops-fleet-gpu3:vllm"], servers
         text = " ".join(result.output.split())
         assert re.search(REPORTED, text), text[-4000:]
         for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", OPS):
