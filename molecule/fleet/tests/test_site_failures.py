@@ -1,8 +1,9 @@
 """Failures in a fleet run: a host that fails its preflight does not stop the others, the report
 names it and why, and llmops_any_errors_fatal stops the whole run before anything changes.
 
-Runs after the other fleet tests (file order): the first case leaves gpu3 in the gateway at the port its
-inventory override gives it, where its health checks hold it down."""
+Runs after the other fleet tests but test_upgrade.py (file order). The first case's inventory override
+puts gpu3 in the gateway at port 8002, where its health checks hold it down; the test ends by running
+gateway.yml with the scenario's inventory again."""
 
 import json
 import os
@@ -61,3 +62,7 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
         assert "Install the distribution's registry package" not in result.output
     finally:
         subprocess.run(["docker", "exec", "llmops-fleet-gpu3", "pkill", "-f", "http.server 8002"], check=False)
+        # The gateway followed the override (gpu3 on port 8002): back to the inventory's own state for the
+        # tests after this one (test_upgrade.py drains and enables every host's servers).
+        restored = run_playbook("playbooks/gateway.yml")
+        assert restored.returncode == 0, restored.output[-3000:]
