@@ -13,6 +13,7 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_inventory_instances
 from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import vllm_secret_problems
 from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _get
 
@@ -39,34 +40,33 @@ def _is_loopback(address):
     return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
 
 
-def gateway_backends(hosts, hostvars, instances_var="vllm_server_served_instances"):
+def gateway_backends(hosts, hostvars, vllm_defaults=None):
     """One backend per served model name, its servers every instance of every host serving it.
 
-    hosts lists the inventory hosts of the vLLM group; hostvars[host][instances_var] holds the
-    host's resolved instances (set by the vllm_server role's served.yml: name, port, served_model_name,
-    bind_address). A host's address is gateway_backend_address, else ansible_host, else its name.
-    The backend's API key is the host's vllm_server_api_key ('' when the server is open).
+    hosts lists the inventory hosts of the vLLM group. Each host's instances are those its inventory
+    declares (llmops.vllm.vllm_inventory_instances: its hostvars over vllm_server's defaults), whether or
+    not the host is in this run: a --limit, llmops_target_hosts or a failed host keeps its servers, and
+    the health checks take a server that does not answer out. A host's address is
+    gateway_backend_address, else ansible_host, else its name. The backend's API key is the host's
+    vllm_server_api_key ('' when the server is open).
     """
     if not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError("gateway_backends wants a list of hosts, not %s" % type(hosts).__name__)
     models = {}
-    for host in hosts:
-        instances = _get(hostvars, host, instances_var, [])
-        if not isinstance(instances, (list, tuple)):
-            raise AnsibleFilterError("%s of %s must be a list of instances" % (instances_var, host))
+    for instance in vllm_inventory_instances(hosts, hostvars, vllm_defaults):
+        host = instance["host"]
         address = _get(hostvars, host, "gateway_backend_address", "") or _get(hostvars, host, "ansible_host", "") or host
         api_key = str(_get(hostvars, host, "vllm_server_api_key", "") or "")
-        for instance in instances:
-            for model in _served_names(instance):
-                models.setdefault(model, []).append({
-                    "name": gateway_server_name(host, instance.get("name")),
-                    "host": str(host),
-                    "instance": str(instance.get("name")),
-                    "address": str(address),
-                    "port": instance.get("port"),
-                    "bind_address": str(instance.get("bind_address") or "0.0.0.0"),
-                    "api_key": api_key,
-                })
+        for model in _served_names(instance):
+            models.setdefault(model, []).append({
+                "name": gateway_server_name(host, instance.get("name")),
+                "host": str(host),
+                "instance": str(instance.get("name")),
+                "address": str(address),
+                "port": instance.get("port"),
+                "bind_address": str(instance.get("bind_address") or "0.0.0.0"),
+                "api_key": api_key,
+            })
     backends = []
     for index, model in enumerate(sorted(models)):
         servers = sorted(models[model], key=lambda s: s["name"])
@@ -202,52 +202,55 @@ def gateway_targets(stat_results, host):
     return targets
 
 
-def gateway_drain_problems(rows, host, gateway, allow_last=False, batch=None):
-    """Sentences for each model whose last healthy backend server would be drained with host; [] when safe.
+def _backend_model(backend, models):
+    """The served model name of a backend: from models ({backend: model}), else from its name (model<N>_<model>)."""
+    return (models or {}).get(backend) or re.sub(r"^model\d+_", "", str(backend))
 
-    batch lists the hosts that leave together (upgrade.yml's serial batch, host among them): the servers
-    of every one of them are on their way out, so none of them counts as the other healthy server.
+
+def gateway_drain_problems(rows, batch, gateway, allow_last=False, models=None):
+    """Sentences for each model that draining the whole batch at once would leave without a healthy server at
+    this gateway; [] when every model keeps one.
+
+    rows: the gateway's statistics (gateway_stat_rows). batch: the hosts that drain together (upgrade.yml's
+    serial batch, ansible_play_batch): a server of any of them is on its way out and never counts as the
+    healthy one that stays. models: {backend: served model name}, for the messages.
     """
     if allow_last:
         return []
-    leaving = [str(h) for h in (batch or []) if str(h) != str(host)]
-    mine = set((s["backend"], s["server"]) for s in gateway_host_servers(rows, host))
-    going = set(mine)
-    for other in leaving:
-        going.update((s["backend"], s["server"]) for s in gateway_host_servers(rows, other))
+    batch = [str(h) for h in batch or []]
+    leaving = {}
+    for host in batch:
+        for server in gateway_host_servers(rows, host):
+            leaving[(server["backend"], server["server"])] = host
     problems = []
-    for backend in sorted(set(pair[0] for pair in mine)):
+    for backend in sorted(set(pair[0] for pair in leaving)):
         servers = [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")]
-        others = [r for r in servers if (backend, r.get("svname")) not in going]
-        healthy = [r["svname"] for r in others if str(r.get("status", "")).startswith("UP")]
-        if healthy:
+        staying = [r for r in servers if (backend, r.get("svname")) not in leaving]
+        if any(str(r.get("status", "")).startswith("UP") for r in staying):
             continue
-        with_it = sorted(set(str(r["svname"]) for r in servers if (backend, r.get("svname")) in going
-                             and (backend, r.get("svname")) not in mine))
-        if with_it:
+        hosts = sorted(set(leaving[(backend, r.get("svname"))] for r in servers if (backend, r.get("svname")) in leaving))
+        others = ", ".join("%s %s" % (r["svname"], r.get("status", "?")) for r in staying) or "none"
+        model = _backend_model(backend, models)
+        if len(hosts) == 1:
             problems.append(
-                "%s and %s, in the same batch of the upgrade, are the last healthy servers of backend %s at gateway %s "
-                "(others: %s): draining them together would leave its model without a server during the upgrade. Use a "
-                "smaller batch (llmops_upgrade_serial), bring another server of the model up first, or set "
-                "gateway_drain_allow_last: true to accept the outage." % (
-                    host, ", ".join(with_it), backend, gateway,
-                    ", ".join("%s %s" % (r["svname"], r.get("status", "?")) for r in others) or "none"))
-            continue
-        problems.append(
-            "%s is the last healthy server of backend %s at gateway %s (others: %s): draining it would leave "
-            "its model without a server during the upgrade. Bring another server of the model up first, or "
-            "set gateway_drain_allow_last: true to accept the outage." % (
-                host, backend, gateway,
-                ", ".join("%s %s" % (r["svname"], r.get("status", "?")) for r in others) or "none"))
+                "%s is the last healthy server of model %s (backend %s) at gateway %s (others: %s): draining it would "
+                "leave the model without a server during the upgrade. Bring another server of the model up first, or "
+                "set gateway_drain_allow_last: true to accept the outage." % (hosts[0], model, backend, gateway, others))
+        else:
+            problems.append(
+                "The batch %s would drain every healthy server of model %s (backend %s) at gateway %s: %s all serve it "
+                "(others: %s). Use a smaller batch (llmops_upgrade_serial) or one that leaves each model a server, bring "
+                "another server of the model up first, or set gateway_drain_allow_last: true to accept the outage." % (
+                    ", ".join(batch), model, backend, gateway, " and ".join(hosts), others))
     return problems
 
 
-def gateway_drain_refusals(stat_results, host, allow_last=False, batch=None):
-    """gateway_drain_problems at every gateway, from the registered results of reading their statistics."""
+def gateway_drain_refusals(stat_results, batch, allow_last=False, models=None):
+    """gateway_drain_problems of the batch at every gateway, from the registered results of reading their statistics."""
     problems = []
     for result in stat_results or []:
-        problems.extend(gateway_drain_problems(gateway_stat_rows(result.get("content", "")), host,
-                                               result.get("item"), allow_last, batch))
+        problems.extend(gateway_drain_problems(gateway_stat_rows(result.get("content", "")), batch,
+                                               result.get("item"), allow_last, models))
     return problems
 
 

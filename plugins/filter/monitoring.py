@@ -10,7 +10,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_device_requests, vllm_resolve_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_device_requests, vllm_inventory_instances
 
 
 def _vars_of(hostvars, host):
@@ -42,39 +42,19 @@ def _cpu_only(hv):
     return boolean(_get(hv, "llmops_cpu_only", False), strict=False)
 
 
-def monitoring_vllm_instances(hostvars, hosts, vllm_defaults):
-    """Every vLLM instance of the hosts, as the vllm_server role resolves it on each host.
+def monitoring_vllm_instances(hostvars, hosts, vllm_defaults=None):
+    """Every vLLM instance the hosts serve as their inventory declares it (vllm_inventory_instances).
 
-    vllm_defaults is vllm_server's defaults/main.yml as data; a host's own variables win. The default
-    instance list of that file refers to the single-instance variables, so a host without
-    vllm_server_instances gets the one instance those variables (its own, else the defaults) describe.
     Returns host, name, model (served name), port and whether the instance listens on loopback only.
     """
-    if not isinstance(vllm_defaults, dict):
-        raise AnsibleFilterError("vllm_defaults must be vllm_server's defaults as a dictionary")
     found = []
-    for host in hosts or []:
-        hv = _vars_of(hostvars, host)
-
-        def var(name):
-            return _get(hv, name, vllm_defaults.get(name))
-
-        instances = _get(hv, "vllm_server_instances")
-        if instances is None:
-            instances = [{"name": var("vllm_server_container_name"), "model": var("vllm_server_model"),
-                          "served_model_name": var("vllm_server_served_model_name"), "port": var("vllm_server_port")}]
-        defaults = {"served_model_name": "", "port": 8000, "bind_address": var("vllm_server_bind_address") or "0.0.0.0"}
-        try:
-            resolved = vllm_resolve_instances(list(instances), defaults)
-        except AnsibleFilterError as e:
-            raise AnsibleFilterError("%s: vllm_server_instances: %s" % (host, e))
-        for i in resolved:
-            served = i["served_model_name"]
-            if isinstance(served, (list, tuple)):
-                # vLLM labels its metrics with the first of several served names
-                served = served[0] if served else i["model"]
-            found.append({"host": host, "name": i["name"], "model": str(served), "port": i["port"],
-                          "loopback_only": i["loopback_only"]})
+    for i in vllm_inventory_instances(list(hosts or []), hostvars, vllm_defaults):
+        served = i["served_model_name"]
+        if isinstance(served, (list, tuple)):
+            # vLLM labels its metrics with the first of several served names
+            served = served[0] if served else i["model"]
+        found.append({"host": i["host"], "name": i["name"], "model": str(served), "port": i["port"],
+                      "loopback_only": i["loopback_only"]})
     return found
 
 
@@ -87,7 +67,8 @@ def _static(host, address, port, **labels):
 def monitoring_scrape_configs(hostvars, settings):
     """Prometheus's scrape_configs for the fleet, read from the inventory.
 
-    settings: vllm_hosts, node_hosts, gateway_hosts, registry_cache_hosts (host lists), vllm_defaults,
+    settings: vllm_hosts, node_hosts, gateway_hosts, registry_cache_hosts (host lists), vllm_defaults (vllm_server's
+    defaults as data; its defaults file when left out),
     node_exporter_port, dcgm_exporter_port, dcgm_exporter (bool), gateway_stats_port,
     registry_cache_metrics_port (defaults where a host does not set its own), scrape_interval,
     prometheus_port. Every target carries the label host (the inventory name); vLLM targets also
@@ -99,7 +80,7 @@ def monitoring_scrape_configs(hostvars, settings):
     jobs = []
 
     vllm = []
-    for i in monitoring_vllm_instances(hostvars, s.get("vllm_hosts"), s.get("vllm_defaults") or {}):
+    for i in monitoring_vllm_instances(hostvars, s.get("vllm_hosts"), s.get("vllm_defaults")):
         if i["loopback_only"]:
             continue
         hv = _vars_of(hostvars, i["host"])
@@ -145,7 +126,7 @@ def _unique(hosts):
     return seen
 
 
-def monitoring_unscrapable_instances(hostvars, hosts, vllm_defaults):
+def monitoring_unscrapable_instances(hostvars, hosts, vllm_defaults=None):
     """'host/instance' of each vLLM instance that listens on loopback only (Prometheus cannot reach it)."""
     return ["%s/%s" % (i["host"], i["name"]) for i in monitoring_vllm_instances(hostvars, hosts, vllm_defaults)
             if i["loopback_only"]]

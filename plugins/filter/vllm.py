@@ -6,7 +6,13 @@ from __future__ import annotations
 
 # Filters that turn the collection's vLLM variables into Docker and vLLM settings.
 
+import functools
+import os
+
+import yaml
 from ansible.errors import AnsibleFilterError
+
+from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar
 
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
     INSTANCE_LABEL, MODE_LABEL, NODE_ROLE_LABEL, NODES_LABEL, ContainerSpecError, device_requests)
@@ -155,6 +161,74 @@ def vllm_instances_served_here(instances, host):
     must not count it.
     """
     return [i for i in instances or [] if not i.get("multinode") or i.get("multinode_head") == host]
+
+
+# The vllm_server role's defaults, as shipped next to this file in the collection.
+ROLE_DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "roles", "vllm_server",
+                                  "defaults", "main.yml")
+# The defaults vllm_inventory_instances reads for a host whose inventory leaves them unset; plain values
+# in that file (a unit test keeps them so), since no Ansible templating happens on this path.
+INVENTORY_DEFAULT_KEYS = ("vllm_server_container_name", "vllm_server_model", "vllm_server_served_model_name",
+                          "vllm_server_port", "vllm_server_bind_address", "vllm_server_options")
+
+
+@functools.lru_cache(maxsize=1)
+def _role_defaults():
+    with open(ROLE_DEFAULTS_FILE) as f:
+        return yaml.safe_load(f)
+
+
+def vllm_role_defaults():
+    """vllm_server's defaults/main.yml as data (its Jinja left as text)."""
+    return dict(_role_defaults())
+
+
+def vllm_inventory_instances(hosts, hostvars, vllm_defaults=None):
+    """Every instance each host serves, as its inventory declares it: the fleet's desired state.
+
+    The gateway's backends and Prometheus's targets come from here, on their own hosts, from
+    hostvars[host] of hosts that need not be in the play (a --limit, llmops_target_hosts or a failed
+    host leaves them out). Role defaults are not in another host's hostvars, so a variable the inventory
+    leaves unset takes its value from vllm_defaults (vllm_server's defaults/main.yml unless given), and
+    a host without vllm_server_instances gets the one instance the single-instance variables describe,
+    as the role's default list does. Each instance is resolved by vllm_resolve_instances and kept where
+    vllm_instances_served_here keeps it (a worker node of a multi-node instance serves none), as the role
+    does on the host itself; each result also carries host (its inventory hostname).
+    """
+    if not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError("vllm_inventory_instances wants a list of hosts, not %s" % type(hosts).__name__)
+    defaults = vllm_role_defaults() if vllm_defaults is None else vllm_defaults
+    if not isinstance(defaults, dict):
+        raise AnsibleFilterError("vllm_defaults must be vllm_server's defaults as a dictionary")
+    found = []
+    for host in hosts:
+        try:
+            known = host in hostvars
+        except TypeError:
+            known = False
+        if not known:
+            raise AnsibleFilterError("%s is listed as a vLLM host but is not in the inventory" % host)
+
+        def var(name, host=host):
+            return hostvar(hostvars, host, name, defaults.get(name))
+
+        instances = hostvar(hostvars, host, "vllm_server_instances")
+        if instances is None:
+            instances = [{"name": var("vllm_server_container_name"), "model": var("vllm_server_model"),
+                          "served_model_name": var("vllm_server_served_model_name"), "port": var("vllm_server_port")}]
+        if not isinstance(instances, (list, tuple)):
+            raise AnsibleFilterError("%s: vllm_server_instances must be a list, not %s" % (host, type(instances).__name__))
+        # the role's _vllm_server_instance_defaults, for what the gateway and Prometheus read
+        instance_defaults = {"served_model_name": "", "port": 8000,
+                             "bind_address": var("vllm_server_bind_address") or "0.0.0.0",
+                             "options": var("vllm_server_options") or {}}
+        try:
+            resolved = vllm_resolve_instances(list(instances), instance_defaults)
+        except AnsibleFilterError as e:
+            raise AnsibleFilterError("%s: vllm_server_instances: %s" % (host, e))
+        for instance in vllm_instances_served_here(resolved, str(host)):
+            found.append(dict(instance, host=str(host)))
+    return found
 
 
 def _unique(names):
@@ -318,6 +392,7 @@ class FilterModule(object):
             "vllm_host_gpus": vllm_host_gpus,
             "vllm_found_instances": vllm_found_instances,
             "vllm_instances_served_here": vllm_instances_served_here,
+            "vllm_inventory_instances": vllm_inventory_instances,
             "vllm_dropped_instances": vllm_dropped_instances,
             "vllm_stale_containers": vllm_stale_containers,
             "vllm_downloads": vllm_downloads,

@@ -129,7 +129,8 @@ def test_the_stats_frontend_serves_prometheus_metrics(gateway):
     (['{"gateway_models": ["tiny-chat", "llama"]}'],
      "gateway_models asks for llama, but no host of gpu_hosts serves it (served: tiny-chat, tiny-chat-b)"),
     (['{"gateway_port": 8404}'], "gateway_port and gateway_stats_port are both 8404"),
-    (["gateway_backend_group=gateway"], "no vLLM instance to route to: the group gateway has no host with instances"),
+    # a group whose hosts set no vLLM variables serves vllm_server's default instance: a group that is not there has none
+    (["gateway_backend_group=gpu-hosts"], "no vLLM instance to route to: the group gpu-hosts has no host with instances"),
     (["gateway_api_key=''"], "gateway_api_key is empty"),
 ])
 def test_bad_input_is_refused_before_any_file_is_written(haproxy, tmp_path, extra, message):

@@ -203,7 +203,7 @@ def test_the_last_healthy_server_of_a_model_is_not_drained(gateway, host):
                                                        "llmops_target_hosts": target})
         assert result.returncode != 0
         text = " ".join(result.output.split())
-        assert "%s is the last healthy server of backend %s" % (target, backend) in text
+        assert "%s is the last healthy server of model tiny-chat-b (backend %s)" % (target, backend) in text
         assert "gateway_drain_allow_last: true" in text
         assert gateway.status(backend, keep) == "UP"
     finally:
@@ -216,8 +216,8 @@ def test_the_last_healthy_server_of_a_model_is_not_drained(gateway, host):
 
 
 def test_a_batch_holding_every_server_of_a_model_is_not_drained(gateway):
-    """llmops_upgrade_serial: 2 makes gpu1 and gpu2 the first batch, and tiny-chat-b has no server elsewhere: their
-    drain is refused, naming both, before any server is drained or any container changed (issue 22)."""
+    """llmops_upgrade_serial: 2 makes gpu1 and gpu2 the first batch, and tiny-chat-b has no server elsewhere: the
+    batch is refused, naming the model and both hosts, before any server is drained or any container changed (issue 22)."""
     backend = backend_of(gateway, "tiny-chat-b")
     servers = sorted(gateway.backends()[backend])
     assert sorted(set(s.split(":")[0] for s in servers)) == ["llmops-fleet-gpu1", "llmops-fleet-gpu2"], servers
@@ -226,21 +226,35 @@ def test_a_batch_holding_every_server_of_a_model_is_not_drained(gateway):
     assert result.returncode != 0
     text = " ".join(result.output.split())
     assert "Batches of 2, 1 host(s)" in text, result.output[-3000:]
-    assert "in the same batch of the upgrade, are the last healthy servers of backend %s" % backend in text, result.output[-3000:]
+    assert ("The batch llmops-fleet-gpu1, llmops-fleet-gpu2 would drain every healthy server of model tiny-chat-b "
+            "(backend %s) at gateway %s: llmops-fleet-gpu1 and llmops-fleet-gpu2 all serve it" % (backend, GATEWAY_HOST)
+            in text), result.output[-3000:]
     assert "Use a smaller batch (llmops_upgrade_serial)" in text
+    # both hosts of the batch refuse it, and no host drained anything
+    for gpu in ("llmops-fleet-gpu1", "llmops-fleet-gpu2"):
+        assert recap(result.output, gpu)["failed"] == 1 and recap(result.output, gpu)["changed"] == 0, gpu
     for server in servers:
         assert gateway.status(backend, server) == "UP", server
         assert in_gpu_host(server, "inspect", "--format", "{{.State.StartedAt}}").stdout == started[server], server
 
 
 def test_a_batch_spread_over_the_models_is_drained_and_taken_back(gateway):
-    """gpu2 and gpu3 in one batch: tiny-chat-b keeps gpu1's server, tiny-chat gpu1's too. Nothing changes, so the
-    batch is drained, verified and put back without a restart."""
+    """gpu2 and gpu3 in one batch: tiny-chat-b keeps gpu1's server, tiny-chat gpu1's too. The batch's drain is
+    allowed: both hosts' servers are drained together and taken back (--tags gateway: the drain and the enable
+    steps of the upgrade only, as an operator drains hosts for maintenance)."""
+    drained = []
     result = run_playbook("playbooks/upgrade.yml", {"llmops_upgrade_serial": 2,
-                                                   "llmops_target_hosts": "llmops-fleet-gpu2,llmops-fleet-gpu3"})
+                                                   "llmops_target_hosts": "llmops-fleet-gpu2,llmops-fleet-gpu3"},
+                          extra_args=["--tags", "gateway"])
     assert result.returncode == 0, result.output[-3000:]
     assert "Batches of 2 host(s)" in " ".join(result.output.split())
-    assert "Drain this host's servers and wait for their requests to finish" in result.output
+    for gpu in ("llmops-fleet-gpu2", "llmops-fleet-gpu3"):
+        counts = recap(result.output, gpu)
+        assert counts["failed"] == 0 and counts["changed"] >= 2, (gpu, counts)
+    for server in ("llmops-fleet-gpu2:vllm", "llmops-fleet-gpu3:vllm"):
+        drained += [line for line in result.output.splitlines() if line.startswith("changed:") and server in line]
+    # each server drained, then enabled
+    assert len(drained) == 4, drained
     for backend, server in gateway.servers():
         gateway.wait_status(backend, server, "UP", 120)
 
@@ -248,7 +262,7 @@ def test_a_batch_spread_over_the_models_is_drained_and_taken_back(gateway):
 @pytest.mark.parametrize("extra, message", [
     ({"gateway_models": ["tiny-chat", "llama-3"]}, "gateway_models asks for llama-3, but no host of gpu_hosts serves it"),
     ({"gateway_stats_port": 8080}, "gateway_port and gateway_stats_port are both 8080"),
-    ({"gateway_backend_group": "monitoring"}, "no vLLM instance to route to: the group monitoring"),
+    ({"gateway_backend_group": "gpu-hosts"}, "no vLLM instance to route to: the group gpu-hosts"),
 ])
 def test_bad_input_is_refused_before_any_change(host, extra, message):
     before = host.file("/etc/haproxy/haproxy.cfg").content_string

@@ -1,9 +1,11 @@
 """Failures in a fleet run: a host that fails its preflight does not stop the others, the report
-names every host that failed in any play (a GPU host, the gateway), the step and why, and a host
-that is gone with its connection's error; llmops_any_errors_fatal and llmops_max_fail_percentage stop
-the whole run before anything changes (issue 22, item 7).
+names every host that failed in any play (a GPU host, the monitoring host), the step and why, and a
+host that is down with its connection's error; llmops_any_errors_fatal and llmops_max_fail_percentage
+stop the whole run before anything changes (issue 22, items 2 and 7).
 
-Runs after the other fleet tests but the upgrade (file order)."""
+Runs after the other fleet tests but test_upgrade.py (file order). The first case's inventory override
+puts gpu3 in the gateway at port 8002, where its health checks hold it down; the test ends by running
+gateway.yml with the scenario's inventory again."""
 
 import json
 import os
@@ -13,7 +15,7 @@ import subprocess
 from llmops_testlib import recap, run_playbook
 
 OPS = "llmops-fleet-ops"
-# In the inventory, not on the machine: a host that is down from the start of the run.
+# In the inventory (a second gateway host), not on the machine: a host that is down from the start of the run.
 GHOST = "llmops-fleet-ghost"
 # The fleet report's line for gpu3 when its port is taken (YAML doubles the quotes in the output).
 REPORTED = (r"llmops-fleet-gpu3: FAILED at '+Check that each serving port is free or held by its own container'+: "
@@ -23,18 +25,17 @@ REPORTED = (r"llmops-fleet-gpu3: FAILED at '+Check that each serving port is fre
 def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
     """gpu3 is told to serve on a port something else holds: it fails its preflight and changes
     nothing, the other hosts run to the end, the run fails, and the report names gpu3 and why. In the
-    same run a GPU host of the inventory is down (no such container) and the gateway is given a port
-    clash: the report names both, the first with its connection's error, the second with the
-    gateway's refusal, and the gateway keeps its configuration."""
+    same run a second gateway host of the inventory is down (no such container) and the monitoring
+    host is given a threshold out of range: the report names both, the first with its connection's
+    error, the second with the monitoring play's refusal."""
     blocker = ["docker", "exec", "-d", "llmops-fleet-gpu3", "python3", "-m", "http.server", "8002"]
     subprocess.run(blocker, check=True)
     override = tmp_path / "override.yml"
     override.write_text(json.dumps({
-        "gpu_hosts": {"hosts": {"llmops-fleet-gpu3": {"vllm_server_port": 8002},
-                                GHOST: {"ansible_connection": "community.docker.docker"}}},
-        "gateway": {"hosts": {OPS: {"gateway_stats_port": 8080}}},
+        "gpu_hosts": {"hosts": {"llmops-fleet-gpu3": {"vllm_server_port": 8002}}},
+        "gateway": {"hosts": {GHOST: {"ansible_connection": "community.docker.docker"}}},
+        "monitoring": {"hosts": {OPS: {"monitoring_alert_kv_cache_usage": 90}}},
     }))
-    haproxy_before = subprocess.check_output(["docker", "exec", OPS, "cat", "/etc/haproxy/haproxy.cfg"], text=True)
     try:
         before = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)
         cmd_inventory = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -44,14 +45,20 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
         for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2"):
             counts = recap(result.output, name)
             assert counts["failed"] == 0 and counts["changed"] == 0, (name, counts)
+        # The gateway keeps the failed host (its health checks hold it down) and every other host's servers.
+        # (OPS's one failure is the monitoring play's, after the gateway's.)
+        assert recap(result.output, OPS)["failed"] == 1
+        config = subprocess.check_output(["docker", "exec", OPS, "cat", "/etc/haproxy/haproxy.cfg"], text=True)
+        servers = sorted(set(re.findall(r"^\s+server (llmops-fleet-gpu\d:\S+) ", config, re.M)))
+        assert servers == ["llmops-fleet-gpu1:vllm-chat", "llmops-fleet-gpu1:vllm-chat-b", "llmops-fleet-gpu2:vllm",
+                           "llmops-fleet-gpu3:vllm"], servers
         text = " ".join(result.output.split())
         assert re.search(REPORTED, text), text[-4000:]
         for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2"):
             assert "%s: ok" % name in text
-        # the gateway's failure is in the report, and the gateway kept what it had
-        assert recap(result.output, OPS)["failed"] == 1 and recap(result.output, OPS)["changed"] == 0
-        assert re.search(r"%s: FAILED at '+[^']+'+: .*gateway_port and gateway_stats_port are both 8080" % OPS, text), text[-4000:]
-        assert subprocess.check_output(["docker", "exec", OPS, "cat", "/etc/haproxy/haproxy.cfg"], text=True) == haproxy_before
+        # the monitoring play's failure is in the report with its step and reason
+        assert re.search(r"%s: FAILED at '+[^']+'+: monitoring_alert_kv_cache_usage must be a number from 0 to 1, not 90\." % OPS,
+                         text), text[-4000:]
         # the host that is down: its connection's error, not a guess
         assert "%s: UNREACHABLE (" % GHOST in text and "No such container: %s" % GHOST in text, text[-4000:]
         after = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)
@@ -70,6 +77,7 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
             assert "%s: NOT REACHED" % name in text, text[-4000:]
             assert recap(result.output, name)["changed"] == 0
         assert "Install the distribution's registry package" not in result.output
+
         # llmops_max_fail_percentage: more than 30 % of the GPU hosts failed their check (one of three),
         # so the run stops there, before anything changes anywhere.
         result = run_playbook("site.yml", {"llmops_max_fail_percentage": 30}, inventory=cmd_inventory, extra_args=["-i", str(bad)])
@@ -82,3 +90,7 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
         assert "Install the distribution's registry package" not in result.output
     finally:
         subprocess.run(["docker", "exec", "llmops-fleet-gpu3", "pkill", "-f", "http.server 8002"], check=False)
+        # The gateway followed the override (gpu3 on port 8002): back to the inventory's own state for the
+        # tests after this one (test_upgrade.py drains and enables every host's servers).
+        restored = run_playbook("playbooks/gateway.yml")
+        assert restored.returncode == 0, restored.output[-3000:]

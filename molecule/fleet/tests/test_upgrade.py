@@ -14,8 +14,8 @@ testinfra_hosts = [GATEWAY_HOST]
 
 def test_a_rolling_upgrade_under_load_loses_no_request():
     gateway = Gateway(docker_address(GATEWAY_HOST))
-    # test_site_failures.py leaves the host it failed out of the gateway until it converges again:
-    # put every host's servers back in before the load starts, so that the upgrade drains each of them.
+    # test_site_failures.py puts the gateway back to the inventory's state; should a host's servers be
+    # missing all the same, put them back in before the load starts, so that the upgrade drains each of them.
     if set(s.split(":")[0] for names in served(gateway).values() for s in names) != set(GPU_HOSTS):
         rebuilt = run_playbook("playbooks/gateway.yml")
         assert rebuilt.returncode == 0, rebuilt.output[-3000:]

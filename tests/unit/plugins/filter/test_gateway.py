@@ -8,12 +8,12 @@ from ansible_collections.llmops.vllm.plugins.filter.gateway import (
     gateway_models_list, gateway_not_found_body, gateway_problems, gateway_server_name, gateway_stat_rows, gateway_targets)
 
 HOSTVARS = {
-    "gpu1": {"ansible_host": "10.0.0.1", "vllm_server_api_key": "k1", "vllm_server_served_instances": [
+    "gpu1": {"ansible_host": "10.0.0.1", "vllm_server_api_key": "k1", "vllm_server_instances": [
         {"name": "a", "model": "/m/tiny", "served_model_name": "tiny-chat", "port": 8000, "bind_address": "0.0.0.0"},
         {"name": "b", "model": "/m/tiny", "served_model_name": "tiny-chat-b", "port": 8001, "bind_address": "0.0.0.0"}]},
-    "gpu2": {"vllm_server_api_key": "k1", "vllm_server_served_instances": [
+    "gpu2": {"vllm_server_api_key": "k1", "vllm_server_instances": [
         {"name": "vllm", "model": "/m/tiny", "served_model_name": "tiny-chat", "port": 8000}]},
-    "gpu3": {"gateway_backend_address": "gpu3.internal", "vllm_server_served_instances": [
+    "gpu3": {"gateway_backend_address": "gpu3.internal", "vllm_server_instances": [
         {"name": "vllm", "model": "org/Model-7B", "served_model_name": "", "port": 8000}]},
 }
 SETTINGS = {"port": 8080, "stats_port": 8404, "models": [], "require_api_key": True, "api_key_set": True,
@@ -33,19 +33,19 @@ def test_one_backend_per_served_model_with_every_instance_serving_it():
 
 
 def test_a_list_of_served_names_puts_the_instance_into_each_backend():
-    hostvars = {"h": {"vllm_server_served_instances": [{"name": "x", "served_model_name": ["a", "b"], "port": 1}]}}
+    hostvars = {"h": {"vllm_server_instances": [{"name": "x", "served_model_name": ["a", "b"], "port": 1}]}}
     assert [b["servers"][0]["name"] for b in gateway_backends(["h"], hostvars)] == ["h:x", "h:x"]
 
 
 def test_hosts_without_instances_give_no_backend_and_a_problem_naming_the_group():
-    backends = gateway_backends(["lonely"], {"lonely": {}})
-    assert backends == []
+    backends = gateway_backends(["lonely"], {"lonely": {"vllm_server_instances": []}})
+    assert backends == [] and gateway_backends([], {}) == []
     (problem,) = gateway_problems(backends, ["gw"], {}, SETTINGS)
     assert "no vLLM instance to route to: the group gpu_hosts" in problem and "gateway_backend_group" in problem
 
 
 def test_bad_input_is_named():
-    hostvars = dict(HOSTVARS, gpu2={"vllm_server_api_key": "other", "vllm_server_served_instances": [
+    hostvars = dict(HOSTVARS, gpu2={"vllm_server_api_key": "other", "vllm_server_instances": [
         {"name": "vllm", "served_model_name": "tiny-chat", "port": 8000, "bind_address": "127.0.0.1"}]})
     backends = gateway_backends(["gpu1", "gpu2"], hostvars)
     problems = " ".join(gateway_problems(backends, ["gw"], hostvars, dict(SETTINGS, models=["tiny-chat", "llama"])))
@@ -117,18 +117,20 @@ def test_stats_rows_and_the_servers_of_a_host():
 
 def test_the_last_healthy_server_of_a_model_is_not_drained_unless_allowed():
     rows = gateway_stat_rows(STATS)
-    (problem,) = gateway_drain_problems(rows, "gpu1", "gw")
-    assert problem.startswith("gpu1 is the last healthy server of backend model1_tiny-chat-b at gateway gw (others: none)")
+    (problem,) = gateway_drain_problems(rows, ["gpu1"], "gw")
+    assert problem.startswith("gpu1 is the last healthy server of model tiny-chat-b (backend model1_tiny-chat-b) at "
+                              "gateway gw (others: none)"), problem
     assert "gateway_drain_allow_last: true" in problem
-    assert gateway_drain_problems(rows, "gpu1", "gw", allow_last=True) == []
+    assert gateway_drain_problems(rows, ["gpu1"], "gw", allow_last=True) == []
     # gpu2's model keeps gpu1:a
-    assert gateway_drain_problems(rows, "gpu2", "gw") == []
+    assert gateway_drain_problems(rows, ["gpu2"], "gw") == []
     # a server that is down or drained does not count as the other healthy one
     down = gateway_stat_rows(STATS.replace("gpu1:a,0,2,UP", "gpu1:a,0,0,DOWN"))
-    (problem,) = gateway_drain_problems(down, "gpu2", "gw")
+    (problem,) = gateway_drain_problems(down, ["gpu2"], "gw")
     assert "(others: gpu1:a DOWN)" in problem
-    assert gateway_drain_refusals([{"item": "gw", "content": STATS}], "gpu1") == [problem.replace(
-        "gpu2", "gpu1").replace("model0_tiny-chat", "model1_tiny-chat-b").replace("gpu1:a DOWN", "none")]
+    assert gateway_drain_refusals([{"item": "gw", "content": STATS}], ["gpu1"]) == [problem.replace(
+        "gpu2", "gpu1").replace("model0_tiny-chat", "model1_tiny-chat-b").replace(
+        "model tiny-chat ", "model tiny-chat-b ").replace("gpu1:a DOWN", "none")]
 
 
 # A batch of upgrade.yml drains its hosts at once (issue 22): tiny-chat is served by gpu1 and gpu2 only.
@@ -140,35 +142,49 @@ model0_tiny-chat,BACKEND,0,2,UP
 model1_tiny-chat-b,gpu1:b,0,0,UP
 model1_tiny-chat-b,gpu3:vllm,0,0,UP
 model1_tiny-chat-b,BACKEND,0,0,UP
-model2_other,gpu3:o,0,0,UP
-model2_other,gpu4:o,0,0,UP
-model2_other,BACKEND,0,0,UP
+model2_org_Other-7B,gpu3:o,0,0,UP
+model2_org_Other-7B,gpu4:o,0,0,UP
+model2_org_Other-7B,gpu5:o,0,0,MAINT
+model2_org_Other-7B,BACKEND,0,0,UP
 """
+MODELS = {"model0_tiny-chat": "tiny-chat", "model1_tiny-chat-b": "tiny-chat-b", "model2_org_Other-7B": "org/Other-7B"}
 
 
-def test_a_batch_that_holds_every_server_of_a_model_is_refused_naming_them():
+def test_a_batch_that_holds_every_server_of_a_model_is_refused_naming_the_model_and_hosts():
     rows = gateway_stat_rows(BATCH_STATS)
     # alone, each may go: the other keeps the model
-    assert gateway_drain_problems(rows, "gpu1", "gw") == [] and gateway_drain_problems(rows, "gpu2", "gw") == []
-    # together (llmops_upgrade_serial: 2), neither may
-    (problem,) = gateway_drain_problems(rows, "gpu1", "gw", batch=["gpu1", "gpu2"])
-    assert problem.startswith("gpu1 and gpu2:vllm, in the same batch of the upgrade, are the last healthy servers of "
-                              "backend model0_tiny-chat at gateway gw (others: none)"), problem
+    assert gateway_drain_problems(rows, ["gpu1"], "gw") == [] and gateway_drain_problems(rows, ["gpu2"], "gw") == []
+    # together (llmops_upgrade_serial: 2), neither may: the batch is refused, whichever of its hosts asks
+    (problem,) = gateway_drain_problems(rows, ["gpu1", "gpu2"], "gw", models=MODELS)
+    assert problem.startswith("The batch gpu1, gpu2 would drain every healthy server of model tiny-chat (backend "
+                              "model0_tiny-chat) at gateway gw: gpu1 and gpu2 all serve it (others: none)."), problem
     assert "llmops_upgrade_serial" in problem and "gateway_drain_allow_last: true" in problem
-    (problem,) = gateway_drain_problems(rows, "gpu2", "gw", batch=["gpu1", "gpu2"])
-    assert problem.startswith("gpu2 and gpu1:a, in the same batch")
-    assert gateway_drain_problems(rows, "gpu1", "gw", allow_last=True, batch=["gpu1", "gpu2"]) == []
-    assert gateway_drain_refusals([{"item": "gw", "content": BATCH_STATS}], "gpu2", batch=["gpu1", "gpu2"]) == [problem]
+    assert gateway_drain_problems(rows, ["gpu2", "gpu1"], "gw", models=MODELS) == [problem.replace("gpu1, gpu2", "gpu2, gpu1")]
+    assert gateway_drain_problems(rows, ["gpu1", "gpu2"], "gw", allow_last=True) == []
+    assert gateway_drain_refusals([{"item": "gw", "content": BATCH_STATS}], ["gpu1", "gpu2"], models=MODELS) == [problem]
+    # a server in maintenance is no healthy one: gpu3 and gpu4 take the last of org/Other-7B (named from the map)
+    (problem,) = gateway_drain_problems(rows, ["gpu3", "gpu4"], "gw", models=MODELS)
+    assert "model org/Other-7B (backend model2_org_Other-7B)" in problem and "gpu3 and gpu4 all serve it" in problem
+    assert "(others: gpu5:o MAINT)" in problem
+    # without the map the model is read from the backend's name
+    assert "model org_Other-7B (backend" in gateway_drain_problems(rows, ["gpu3", "gpu4"], "gw")[0]
 
 
-def test_a_batch_spread_over_the_models_is_allowed():
+def test_a_batch_that_leaves_each_model_a_healthy_server_is_allowed():
     rows = gateway_stat_rows(BATCH_STATS)
-    # gpu1 and gpu4: tiny-chat keeps gpu2, tiny-chat-b keeps gpu3, other keeps gpu3
-    for host in ("gpu1", "gpu4"):
-        assert gateway_drain_problems(rows, host, "gw", batch=["gpu1", "gpu4"]) == []
-    # gpu3 and gpu4 hold every server of model2_other
-    (problem,) = gateway_drain_problems(rows, "gpu4", "gw", batch=["gpu3", "gpu4"])
-    assert "backend model2_other" in problem and "gpu4 and gpu3:o" in problem
+    # gpu1 and gpu4: tiny-chat keeps gpu2, tiny-chat-b keeps gpu3, org/Other-7B keeps gpu3
+    assert gateway_drain_problems(rows, ["gpu1", "gpu4"], "gw", models=MODELS) == []
+    # gpu2 and gpu3: tiny-chat keeps gpu1:a, tiny-chat-b keeps gpu1:b, org/Other-7B keeps gpu4
+    assert gateway_drain_problems(rows, ["gpu2", "gpu3"], "gw", models=MODELS) == []
+    # three at once may still leave one: gpu2, gpu3, gpu5 (gpu1 keeps both chat models, gpu4 the other)
+    assert gateway_drain_problems(rows, ["gpu2", "gpu3", "gpu5"], "gw", models=MODELS) == []
+    # a host with no server at this gateway drains nothing here
+    assert gateway_drain_problems(rows, ["gpu9"], "gw") == []
+    # each gateway is judged on its own: the batch is refused where it would empty a model
+    refusals = gateway_drain_refusals([{"item": "gw1", "content": BATCH_STATS},
+                                       {"item": "gw2", "content": BATCH_STATS.replace("gpu2:vllm,0,0,UP", "gpu2:vllm,0,0,DOWN")}],
+                                      ["gpu1"], models=MODELS)
+    assert len(refusals) == 1 and "gpu1 is the last healthy server of model tiny-chat" in refusals[0] and "gateway gw2" in refusals[0]
 
 
 # ---- keys written into HAProxy's one-entry-a-line files (issue 22) ----------------------------------
