@@ -92,7 +92,8 @@ def monitoring_scrape_configs(hostvars, settings):
     registry_cache_metrics_port, registry_cache_metrics_bind_address (defaults where a host does not set its
     own), prometheus_port, prometheus_host (the host this configuration is for). The haproxy job carries the
     gateway hosts' gateway_stats_user and gateway_stats_password as basic_auth; a registry cache whose debug
-    server listens on loopback is scraped at 127.0.0.1 by a Prometheus on its own host and by no other. Every target carries the label host (the inventory name); vLLM targets also
+    server listens on loopback is scraped at 127.0.0.1 by a Prometheus on its own host and by no other.
+    Every target carries the label host (the inventory name); vLLM targets also
     vllm_instance (the container) and model (the served model name, on `up` too).
     Instances that listen on loopback only are left out (no other host reaches them); see
     monitoring_unscrapable_instances.
