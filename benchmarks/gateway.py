@@ -52,6 +52,7 @@ CLIENTS = os.environ.get("LLMOPS_BENCH_CLIENTS", "raw,openai").split(",")
 ROUNDS = int(os.environ.get("LLMOPS_BENCH_ROUNDS", "8"))
 PIN = os.environ.get("LLMOPS_BENCH_PIN", "1") == "1" and len(os.sched_getaffinity(0)) >= 2
 GATEWAY_KEY = "llmops-bench-gateway-key"
+STATS_PASSWORD = "llmops-bench-stats-password"  # the statistics page's (gateway_stats_password); loopback only
 CLIENT_NAMES = {"raw": "raw (tests/load/raw_load.py: keep-alive HTTP/1.1 connections in one asyncio thread)",
                 "openai": "openai (the openai package, one thread per connection, as tests/load/openai_load.py)"}
 
@@ -62,14 +63,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_ready(url, deadline, key=None):
+def wait_ready(url, deadline, key=None, status=200):
+    import urllib.error
     import urllib.request
     while time.time() < deadline:
         try:
             request = urllib.request.Request(url, headers={"Authorization": "Bearer " + key} if key else {})
             with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
+                if response.status == status:
                     return
+        except urllib.error.HTTPError as error:
+            if error.code == status:
+                return
         except OSError:
             pass
         time.sleep(1)
@@ -160,7 +165,7 @@ def render_gateway(directory, backend_port, port, stats_port, gateway_vars=None)
     extra = {"_gateway_dir": directory, "_gateway_config": directory + "/haproxy.cfg",
              "gateway_socket": directory + "/admin.sock", "gateway_api_key": GATEWAY_KEY, "gateway_port": port,
              "gateway_stats_port": stats_port, "gateway_bind_address": "127.0.0.1",
-             "gateway_stats_bind_address": "127.0.0.1"}
+             "gateway_stats_bind_address": "127.0.0.1", "gateway_stats_password": STATS_PASSWORD}
     # other gateway settings to compare, e.g. LLMOPS_BENCH_GATEWAY_VARS='{"gateway_http_no_delay": false}'
     extra.update(json.loads(os.environ.get("LLMOPS_BENCH_GATEWAY_VARS", "{}")))
     extra.update(gateway_vars or {})
@@ -199,7 +204,7 @@ def main():
         port, stats = free_port(), free_port()
         config = render_gateway(directory, server.port, port, stats)
         haproxy = subprocess.Popen(["haproxy", "-f", config, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_ready("http://127.0.0.1:%d/stats" % stats, time.time() + 30)
+        wait_ready("http://127.0.0.1:%d/" % port, time.time() + 30, status=401)
         time.sleep(3)  # the first health checks pass (rise 2 x inter 2 s... servers start UP)
         # warm-up, then for each client direct and gateway alternately, ROUNDS each
         measure("raw", CONCURRENCY, server.url + "/v1", API_KEY)

@@ -151,6 +151,41 @@ def gateway_key_problems(backends, api_key):
     return vllm_secret_problems(secrets)
 
 
+# The shortest statistics password accepted: 16 characters of a password manager's alphabet.
+STATS_PASSWORD_MIN = 16
+
+
+def gateway_stats_problems(user, password):
+    """Sentences naming what is wrong with gateway_stats_user / gateway_stats_password; never the password.
+
+    The statistics page and HAProxy's Prometheus exporter answer only with them (HTTP basic auth): an
+    empty or short password would leave the fleet's backends, servers and counters to whoever guesses it.
+    """
+    problems = []
+    user = "" if user is None else str(user)
+    password = "" if password is None else str(password)
+    if not re.match(r"^[A-Za-z0-9._-]+$", user):
+        problems.append("gateway_stats_user must be letters, digits, '.', '_' or '-' (HTTP basic auth cannot carry a "
+                        "':' in a user name).")
+    if not password:
+        problems.append("gateway_stats_password is empty: the statistics page and HAProxy's Prometheus exporter "
+                        "(gateway_stats_port) answer only with a password. Set it from Ansible Vault (16 characters or "
+                        "more; the monitoring role scrapes the exporter with it).")
+    elif len(password) < STATS_PASSWORD_MIN:
+        problems.append("gateway_stats_password is shorter than %d characters: use a longer one (from Ansible Vault). "
+                        "The value is not shown." % STATS_PASSWORD_MIN)
+    else:
+        problems.extend(vllm_secret_problems({"gateway_stats_password": password}))
+    return problems
+
+
+def gateway_haproxy_literal(text):
+    """text as one HAProxy configuration argument that nothing in it is interpreted in: single-quoted
+    (strong quoting: no escapes, no environment variables), a single quote itself as \\' between two
+    quoted parts, which HAProxy joins into one argument."""
+    return "'%s'" % str(text).replace("'", "'\\''")
+
+
 def gateway_models_list(backends):
     """The answer of GET /v1/models at the gateway: OpenAI's list shape, one entry per served model."""
     return {"object": "list",
@@ -263,6 +298,8 @@ class FilterModule(object):
             "gateway_models_list": gateway_models_list,
             "gateway_not_found_body": gateway_not_found_body,
             "gateway_haproxy_string": gateway_haproxy_string,
+            "gateway_haproxy_literal": gateway_haproxy_literal,
+            "gateway_stats_problems": gateway_stats_problems,
             "gateway_server_name": gateway_server_name,
             "gateway_stat_rows": gateway_stat_rows,
             "gateway_host_servers": gateway_host_servers,

@@ -69,9 +69,12 @@ def monitoring_scrape_configs(hostvars, settings):
 
     settings: vllm_hosts, node_hosts, gateway_hosts, registry_cache_hosts (host lists), vllm_defaults (vllm_server's
     defaults as data; its defaults file when left out),
-    node_exporter_port, dcgm_exporter_port, dcgm_exporter (bool), gateway_stats_port,
-    registry_cache_metrics_port (defaults where a host does not set its own), scrape_interval,
-    prometheus_port. Every target carries the label host (the inventory name); vLLM targets also
+    node_exporter_port, dcgm_exporter (bool), dcgm_exporter_port, gateway_stats_port, gateway_stats_user,
+    registry_cache_metrics_port, registry_cache_metrics_bind_address (defaults where a host does not set its
+    own), scrape_interval, prometheus_port, prometheus_host (the host this configuration is for). The haproxy job
+    carries the gateway hosts' gateway_stats_user and gateway_stats_password as basic_auth; a registry cache whose
+    debug server listens on loopback is scraped at 127.0.0.1 by a Prometheus on its own host and by no other.
+    Every target carries the label host (the inventory name); vLLM targets also
     vllm_instance (the container) and model (the served model name, on `up` too).
     Instances that listen on loopback only are left out (no other host reaches them); see
     monitoring_unscrapable_instances.
@@ -95,27 +98,70 @@ def monitoring_scrape_configs(hostvars, settings):
                 for h in s.get("vllm_hosts") or [] if not _cpu_only(_vars_of(hostvars, h))]
         jobs.append(("dcgm", "/metrics", dcgm))
 
+    # HAProxy's exporter answers behind the statistics page's password (gateway_stats_user / _password):
+    # one job, so one credential for every gateway host.
     haproxy = []
+    credentials = {}
     for h in s.get("gateway_hosts") or []:
         hv = _vars_of(hostvars, h)
         haproxy.append(_static(h, _address(hv, h), _get(hv, "gateway_stats_port", s["gateway_stats_port"])))
-    jobs.append(("haproxy", "/metrics", haproxy))
+        credentials[h] = (str(_get(hv, "gateway_stats_user", s.get("gateway_stats_user") or "")),
+                          str(_get(hv, "gateway_stats_password", "") or ""))
+    if len(set(credentials.values())) > 1:
+        raise AnsibleFilterError("the gateway hosts %s do not share gateway_stats_user and gateway_stats_password: Prometheus "
+                                 "scrapes them as one job, with one credential; give them the same"
+                                 % ", ".join(sorted(credentials)))
+    haproxy_auth = {}
+    if credentials:
+        user, password = list(credentials.values())[0]
+        if password:
+            haproxy_auth = {"basic_auth": {"username": user, "password": password}}
+    jobs.append(("haproxy", "/metrics", haproxy, haproxy_auth))
 
     registry = []
     for h in s.get("registry_cache_hosts") or []:
         hv = _vars_of(hostvars, h)
         port = _get(hv, "registry_cache_metrics_port", s["registry_cache_metrics_port"])
         # 0: the registry cache role's way of turning its metrics off
-        if int(port):
-            registry.append(_static(h, _address(hv, h), port))
-    jobs.append(("registry_cache", "/metrics", registry))
+        if not int(port):
+            continue
+        if _registry_metrics_on_loopback(hv, s):
+            # Distribution's debug server on loopback: only a Prometheus on the same host reaches it
+            if h == s["prometheus_host"]:
+                registry.append(_static(h, "127.0.0.1", port))
+            continue
+        registry.append(_static(h, _address(hv, h), port))
+    jobs.append(("registry_cache", "/metrics", registry, {}))
 
     configs = [{"job_name": "prometheus", "static_configs": [
         {"targets": ["127.0.0.1:%s" % s["prometheus_port"]], "labels": {"host": s["prometheus_host"]}}]}]
-    for name, path, static in jobs:
+    for job in jobs:
+        name, path, static = job[:3]
+        extra = job[3] if len(job) > 3 else {}
         if static:
-            configs.append({"job_name": name, "metrics_path": path, "static_configs": static})
+            config = {"job_name": name, "metrics_path": path}
+            config.update(extra)
+            config["static_configs"] = static
+            configs.append(config)
     return configs
+
+
+def _registry_metrics_on_loopback(hv, settings):
+    bind = str(_get(hv, "registry_cache_metrics_bind_address", settings.get("registry_cache_metrics_bind_address") or "127.0.0.1"))
+    return bind.startswith("127.") or bind in ("::1", "[::1]", "localhost")
+
+
+def monitoring_unscraped_registry_caches(hostvars, hosts, prometheus_host, settings=None):
+    """Registry cache hosts whose metrics Prometheus on prometheus_host cannot reach: their debug server
+    listens on loopback (registry_cache_metrics_bind_address) of another host."""
+    s = dict(settings or {})
+    found = []
+    for h in hosts or []:
+        hv = _vars_of(hostvars, h)
+        port = _get(hv, "registry_cache_metrics_port", s.get("registry_cache_metrics_port", 5001))
+        if int(port) and h != prometheus_host and _registry_metrics_on_loopback(hv, s):
+            found.append(h)
+    return found
 
 
 def _unique(hosts):
@@ -251,6 +297,7 @@ class FilterModule(object):
             "monitoring_vllm_instances": monitoring_vllm_instances,
             "monitoring_scrape_configs": monitoring_scrape_configs,
             "monitoring_unscrapable_instances": monitoring_unscrapable_instances,
+            "monitoring_unscraped_registry_caches": monitoring_unscraped_registry_caches,
             "monitoring_dcgm_exporter_container": monitoring_dcgm_exporter_container,
             "monitoring_grafana_dashboard": monitoring_grafana_dashboard,
         }

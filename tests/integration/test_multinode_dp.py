@@ -11,7 +11,7 @@ Checked, in order (one module-scoped converge, so the steps share it):
      (vLLM's own metrics on the head: vllm:request_success_total per engine);
   2. each node's container: host network, restart policy "no", its cluster environment, its role label, and
      the same image at the same digest on both (repository@sha256, the head's);
-  3. the firewall (vllm_server_multinode_firewall: true): the data parallel RPC port of the head drops a
+  3. the firewall (vllm_server_multinode_firewall, on by default): the data parallel RPC port of the head drops a
      connection from this machine (not a node) and lets the worker through;
   4. a second run changes nothing;
   4b. upgrade.yml with a changed instance env: one batch of both nodes, both restarted with it, both engines serve;
@@ -70,7 +70,8 @@ def write_instance(directory, **extra):
                 "cluster_interface": "eth0", "data_parallel_rpc_port": DP_RPC_PORT}
     instance.update(extra)
     with open(os.path.join(str(directory), "group_vars", "tiny_dp.yml"), "w") as f:
-        yaml.safe_dump({"vllm_server_multinode_firewall": True, "vllm_server_instances": [instance]}, f)
+        # vllm_server_multinode_firewall left at its default (true): the firewall step proves the default
+        yaml.safe_dump({"vllm_server_instances": [instance]}, f)
 
 
 @pytest.fixture(scope="module")

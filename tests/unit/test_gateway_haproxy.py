@@ -16,6 +16,9 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIXTURES = os.path.join(ROOT, "tests", "unit", "fixtures", "gateway")
 KEY = "sk-gateway-test-7f3"
+# Everything HAProxy's configuration syntax would read as something else: quotes, a variable, a comment, a backslash.
+STATS_PASSWORD = """st4ts' "$HOME #x\\y ${PATH} pass"""
+STATS = json.dumps({"gateway_stats_password": STATS_PASSWORD})
 
 
 def free_port():
@@ -45,7 +48,7 @@ def render(directory, *extra):
 def gateway(haproxy, tmp_path_factory):
     directory = tmp_path_factory.mktemp("gateway")
     port, stats = free_port(), free_port()
-    settings = ["gateway_api_key=%s" % KEY, "gateway_port=%d" % port, "gateway_stats_port=%d" % stats,
+    settings = [STATS, "gateway_api_key=%s" % KEY, "gateway_port=%d" % port, "gateway_stats_port=%d" % stats,
                 "gateway_bind_address=127.0.0.1", "gateway_stats_bind_address=127.0.0.1", "gateway_max_request_body=65536"]
     first = render(directory, *settings)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -119,10 +122,39 @@ def test_a_body_too_large_to_route_is_refused(gateway):
     assert status == 413 and "gateway_max_request_body" in body["error"]["message"]
 
 
+def stats_get(gateway, path, user="llmops-stats", password=STATS_PASSWORD):
+    """(status, body) of a GET on the statistics frontend, with HTTP basic auth when user is given."""
+    import base64
+
+    headers = {}
+    if user is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (gateway["stats"], path), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def test_the_stats_frontend_serves_prometheus_metrics(gateway):
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % gateway["stats"], timeout=10) as response:
-        text = response.read().decode()
+    status, text = stats_get(gateway, "/metrics")
+    assert status == 200
     assert 'haproxy_server_status{proxy="model0_tiny-chat",server="gpu1:chat-a"' in text
+    assert stats_get(gateway, "/stats;csv")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/stats", "/stats;csv", "/"])
+@pytest.mark.parametrize("user, password", [(None, None), ("llmops-stats", "wrong"), ("admin", STATS_PASSWORD),
+                                            ("llmops-stats", STATS_PASSWORD[:-1])])
+def test_the_stats_frontend_answers_401_without_the_password(gateway, path, user, password):
+    status, _ = stats_get(gateway, path, user, password)
+    assert status == 401
+
+
+def test_the_config_holding_the_stats_password_is_root_only_and_no_output_shows_it(gateway):
+    assert oct(os.stat(gateway["dir"] / "haproxy.cfg").st_mode & 0o777) == "0o600"
+    assert STATS_PASSWORD not in gateway["first"].stdout
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -132,10 +164,17 @@ def test_the_stats_frontend_serves_prometheus_metrics(gateway):
     # a group whose hosts set no vLLM variables serves vllm_server's default instance: a group that is not there has none
     (["gateway_backend_group=gpu-hosts"], "no vLLM instance to route to: the group gpu-hosts has no host with instances"),
     (["gateway_api_key=''"], "gateway_api_key is empty"),
+    (['{"gateway_stats_password": ""}'], "gateway_stats_password is empty"),
+    (['{"gateway_stats_password": "short-0123"}'], "gateway_stats_password is shorter than 16 characters"),
+    (['{"gateway_stats_password": "0123456789abcdef\\nsecond"}'], "gateway_stats_password holds a line break"),
+    (['{"gateway_stats_user": "ops:admin"}'], "gateway_stats_user must be letters, digits"),
 ])
 def test_bad_input_is_refused_before_any_file_is_written(haproxy, tmp_path, extra, message):
-    settings = ["gateway_api_key=%s" % KEY] + extra if "gateway_api_key" not in extra[0] else extra
+    settings = ([STATS] + ["gateway_api_key=%s" % KEY] + extra if "gateway_api_key" not in extra[0] else [STATS] + extra)
     result = render(tmp_path, *settings)
-    assert result.returncode != 0 and message in result.stdout, result.stdout
-    assert "The gateway on gw cannot be set up" in result.stdout
+    assert result.returncode != 0 and message in " ".join(result.stdout.split()), result.stdout
+    if "gateway_stats" in extra[0]:
+        assert "gw: gateway_stats_" in result.stdout and "0123456789abcdef" not in result.stdout
+    else:
+        assert "The gateway on gw cannot be set up" in result.stdout
     assert os.listdir(tmp_path) == []

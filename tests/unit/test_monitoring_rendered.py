@@ -214,12 +214,13 @@ def test_prometheus_configuration_passes_promtool(tmp_path):
         vllm_defaults = yaml.safe_load(f)
     hostvars = {"gpu1": {"vllm_server_instances": [{"name": "a", "model": "m", "port": 8000},
                                                     {"name": "b", "model": "m", "port": 8001}]},
-                "gpu2": {"llmops_cpu_only": True}, "ops": {}}
+                "gpu2": {"llmops_cpu_only": True}, "ops": {"gateway_stats_password": "stats-password-0123456789"}}
     scrape = monitoring_scrape_configs(hostvars, {
         "vllm_hosts": ["gpu1", "gpu2"], "node_hosts": ["gpu1", "gpu2", "ops"], "gateway_hosts": ["ops"],
         "registry_cache_hosts": ["ops"], "vllm_defaults": vllm_defaults, "node_exporter_port": 9100,
         "dcgm_exporter": True, "dcgm_exporter_port": 9400, "gateway_stats_port": 8404,
-        "registry_cache_metrics_port": 5001, "prometheus_port": 9090, "prometheus_host": "ops"})
+        "registry_cache_metrics_port": 5001, "prometheus_port": 9090, "prometheus_host": "ops",
+        "gateway_stats_user": "llmops-stats"})
     config = {"global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
               "rule_files": [str(rules_dir / "*.yml")], "scrape_configs": scrape}
     path = tmp_path / "prometheus.yml"
@@ -228,6 +229,11 @@ def test_prometheus_configuration_passes_promtool(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 9 rules found" in result.stdout
     assert [c["job_name"] for c in scrape] == ["prometheus", "vllm", "node", "dcgm", "haproxy", "registry_cache"]
+    # HAProxy's exporter behind the statistics password; the registry cache's debug server on this host's loopback
+    haproxy = [c for c in scrape if c["job_name"] == "haproxy"][0]
+    assert haproxy["basic_auth"] == {"username": "llmops-stats", "password": "stats-password-0123456789"}
+    registry = [c for c in scrape if c["job_name"] == "registry_cache"][0]
+    assert registry["static_configs"][0]["targets"] == ["127.0.0.1:5001"]
 
 
 # Rendered in a fresh interpreter whose collection loader finds llmops.vllm's filters, as in

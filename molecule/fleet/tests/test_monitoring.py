@@ -100,6 +100,22 @@ def test_every_vllm_instance_is_scraped_with_host_instance_and_model_labels(host
     assert len(targets) == len(expected) and all(t["health"] == "up" for t in targets), targets
 
 
+def test_every_target_is_up_through_the_fleet_firewall_and_the_gateway_password(host):
+    """Prometheus reaches every exporter through the fleet_firewall tables that keep others out, HAProxy's
+    exporter with gateway_stats_password, and the registry cache's debug server on its host's loopback."""
+    def all_up():
+        targets = api(host, "/api/v1/targets")["activeTargets"]
+        return targets if targets and all(t["health"] == "up" for t in targets) else None
+
+    targets = wait_for(all_up, 60)
+    assert targets, [(t["labels"]["job"], t["scrapeUrl"], t["health"], t["lastError"])
+                     for t in api(host, "/api/v1/targets")["activeTargets"]]
+    jobs = set(t["labels"]["job"] for t in targets)
+    assert {"prometheus", "vllm", "node", "haproxy", "registry_cache"} <= jobs, jobs
+    (registry,) = [t for t in targets if t["labels"]["job"] == "registry_cache"]
+    assert registry["scrapeUrl"] == "http://127.0.0.1:5001/metrics"
+
+
 def test_every_host_has_a_node_exporter_and_no_cpu_only_host_a_dcgm_exporter(host):
     up = dict((s["metric"]["host"], s["value"][1]) for s in query(host, 'up{job="node"}'))
     for name in GPU_HOSTS + [host.backend.get_hostname()]:

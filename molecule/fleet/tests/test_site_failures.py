@@ -33,8 +33,14 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
     override = tmp_path / "override.yml"
     override.write_text(json.dumps({
         "gpu_hosts": {"hosts": {"llmops-fleet-gpu3": {"vllm_server_port": 8002}}},
-        "gateway": {"hosts": {GHOST: {"ansible_connection": "community.docker.docker"}}},
+        # ansible_host: an address the fleet firewall can admit (a real host that is down still has one);
+        # the Docker connection goes to the container named by ansible_docker_host, which does not exist
+        "gateway": {"hosts": {GHOST: {"ansible_connection": "community.docker.docker", "ansible_host": "127.0.0.3",
+                                      "ansible_docker_host": GHOST}}},
         "monitoring": {"hosts": {OPS: {"monitoring_alert_kv_cache_usage": 90}}},
+        # the firewalls of the cache and the exporters admit the fleet as it was (a host that went down
+        # stays in them; this one was never up), so that the hosts that run change nothing
+        "all": {"vars": {"llmops_fleet_hosts": "all:!%s" % GHOST}},
     }))
     try:
         before = subprocess.check_output(["docker", "exec", "llmops-fleet-gpu3", "docker", "ps", "-q", "--no-trunc"], text=True)

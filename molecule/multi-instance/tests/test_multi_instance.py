@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from llmops_gateway import Gateway
+from llmops_gateway import TEST_STATS_PASSWORD, Gateway
 from llmops_testlib import (CPU_IMAGE, TEST_API_KEY, VLLM_VERSION, aliased_inventory, containers, outer_address, recap,
                             run_playbook, verify)
 
@@ -122,14 +122,16 @@ def test_the_installed_collection_runs_a_gateway_and_upgrades_through_it(install
     """This host is also the gateway: HAProxy routes to its two instances, and the upgrade drains and
     enables them through community.general.haproxy."""
     groups = also_in_groups(tmp_path, {"gateway": {}, "gpu_hosts": {"gateway_backend_address": "127.0.0.1"}})
-    made = run_installed(installed, "gateway", {"gateway_api_key": GATEWAY_KEY}, groups)
+    made = run_installed(installed, "gateway", {"gateway_api_key": GATEWAY_KEY,
+                                                "gateway_stats_password": TEST_STATS_PASSWORD}, groups)
     assert made.returncode == 0, made.output[-3000:]
     gateway = Gateway(outer_address(host), key=GATEWAY_KEY)
     for model in ("chat", "chat-small"):
         status, body = gateway.chat(model)
         assert status == 200 and body["model"] == model, body
     # one server per model here: draining it is that model's outage, accepted on purpose
-    upgraded = run_installed(installed, "upgrade", {"gateway_api_key": GATEWAY_KEY, "gateway_drain_allow_last": True}, groups)
+    upgraded = run_installed(installed, "upgrade", {"gateway_api_key": GATEWAY_KEY, "gateway_drain_allow_last": True,
+                                                   "gateway_stats_password": TEST_STATS_PASSWORD}, groups)
     assert upgraded.returncode == 0, upgraded.output[-3000:]
     text = " ".join(upgraded.output.split())
     assert "Drain this host's servers and wait for their requests to finish" in text

@@ -15,13 +15,29 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "te
 from openai_load import Load  # noqa: E402,F401  (re-exported for the tests)
 
 TEST_GATEWAY_KEY = "llmops-test-gateway-key"  # the fleet's gateway_api_key: not a secret, throwaway test hosts
+# The fleet's gateway_stats_user / gateway_stats_password (inventories/local-fleet): the statistics page
+# and HAProxy's Prometheus exporter answer 401 without them.
+TEST_STATS_USER = "llmops-stats"
+TEST_STATS_PASSWORD = "llmops-test-stats-password"
 
 
 class Gateway(object):
     """The gateway as seen from the machine running the tests: its API and its statistics page."""
 
-    def __init__(self, address, port=8080, stats_port=8404, key=TEST_GATEWAY_KEY):
+    def __init__(self, address, port=8080, stats_port=8404, key=TEST_GATEWAY_KEY,
+                 stats_user=TEST_STATS_USER, stats_password=TEST_STATS_PASSWORD):
         self.address, self.port, self.stats_port, self.key = address, port, stats_port, key
+        self.stats_user, self.stats_password = stats_user, stats_password
+
+    def stats_get(self, path):
+        """The body of a GET on the statistics frontend, with its user and password (HTTP basic auth)."""
+        import base64
+
+        token = base64.b64encode(("%s:%s" % (self.stats_user, self.stats_password)).encode()).decode()
+        request = urllib.request.Request("http://%s:%d%s" % (self.address, self.stats_port, path),
+                                         headers={"Authorization": "Basic " + token})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.read().decode()
 
     @property
     def base_url(self):
@@ -48,8 +64,7 @@ class Gateway(object):
 
     def stats(self):
         """Rows of HAProxy's CSV statistics (pxname, svname, status, scur, stot, ...)."""
-        with urllib.request.urlopen("http://%s:%d/stats;csv" % (self.address, self.stats_port), timeout=10) as r:
-            text = r.read().decode().lstrip("# ")
+        text = self.stats_get("/stats;csv").lstrip("# ")
         return [row for row in csv.DictReader(io.StringIO(text)) if row.get("svname")]
 
     def servers(self):
@@ -78,5 +93,4 @@ class Gateway(object):
                                                                  wanted, timeout))
 
     def metrics(self):
-        with urllib.request.urlopen("http://%s:%d/metrics" % (self.address, self.stats_port), timeout=10) as r:
-            return r.read().decode()
+        return self.stats_get("/metrics")

@@ -9,7 +9,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.monitoring import (
     monitoring_dcgm_exporter_container, monitoring_grafana_dashboard, monitoring_scrape_configs,
-    monitoring_unscrapable_instances, monitoring_vllm_instances)
+    monitoring_unscrapable_instances, monitoring_unscraped_registry_caches, monitoring_vllm_instances)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
 with open(os.path.join(ROOT, "roles", "vllm_server", "defaults", "main.yml")) as f:
@@ -64,12 +64,37 @@ def test_node_exporters_once_per_host_and_dcgm_only_where_there_are_gpus():
 
 def test_gateway_and_registry_cache_ports_come_from_their_hosts_or_the_defaults():
     assert targets(jobs()["haproxy"]) == [("ops:9000", {"host": "ops"})]
-    assert targets(jobs()["registry_cache"]) == [("ops:5001", {"host": "ops"})]
-    hostvars = dict(HOSTVARS, ops={"registry_cache_metrics_port": 5002})
+    # the debug server on loopback (registry_cache_metrics_bind_address's default): Prometheus on the same host
+    assert targets(jobs()["registry_cache"]) == [("127.0.0.1:5001", {"host": "ops"})]
+    hostvars = dict(HOSTVARS, ops={"registry_cache_metrics_port": 5002, "registry_cache_metrics_bind_address": "10.0.0.9"})
     assert targets(jobs(hostvars)["haproxy"]) == [("ops:8404", {"host": "ops"})]
     assert targets(jobs(hostvars)["registry_cache"]) == [("ops:5002", {"host": "ops"})]
     # the registry cache role turns its metrics off with port 0
     assert "registry_cache" not in jobs(dict(HOSTVARS, ops={"registry_cache_metrics_port": 0}))
+
+
+def test_a_registry_cache_debug_server_on_loopback_of_another_host_is_not_scraped_but_named():
+    hostvars = dict(HOSTVARS, cache={})
+    assert "registry_cache" not in jobs(hostvars, registry_cache_hosts=["cache"])
+    assert monitoring_unscraped_registry_caches(hostvars, ["cache", "ops"], "ops") == ["cache"]
+    opened = dict(HOSTVARS, cache={"registry_cache_metrics_bind_address": "0.0.0.0"})
+    assert targets(jobs(opened, registry_cache_hosts=["cache"])["registry_cache"]) == [("cache:5001", {"host": "cache"})]
+    assert monitoring_unscraped_registry_caches(opened, ["cache"], "ops") == []
+
+
+def test_the_haproxy_job_carries_the_gateways_statistics_password():
+    hostvars = dict(HOSTVARS, ops={"gateway_stats_password": "s3cret-stats-password", "gateway_stats_user": "stats"})
+    job = jobs(hostvars)["haproxy"]
+    assert job["basic_auth"] == {"username": "stats", "password": "s3cret-stats-password"}
+    # the user from the gateway role's defaults where the host sets none
+    hostvars = dict(HOSTVARS, ops={"gateway_stats_password": "s3cret-stats-password"})
+    assert jobs(hostvars, gateway_stats_user="llmops-stats")["haproxy"]["basic_auth"]["username"] == "llmops-stats"
+    # no password (no gateway of this role there): no credentials sent
+    assert "basic_auth" not in jobs()["haproxy"]
+    # one job, one credential
+    two = dict(HOSTVARS, gw1={"gateway_stats_password": "a" * 16}, gw2={"gateway_stats_password": "b" * 16})
+    with pytest.raises(AnsibleFilterError, match="gw1, gw2 do not share gateway_stats_user and gateway_stats_password"):
+        jobs(two, gateway_hosts=["gw1", "gw2"])
 
 
 def test_empty_groups_leave_their_jobs_out():
