@@ -163,6 +163,8 @@ def render_gateways(directory, servers):
         json.dump(inventory, f)
     extra = {"_gateway_dir": "{{ test_dir }}", "_gateway_config": "{{ test_dir }}/haproxy.cfg",
              "gateway_socket": "{{ test_dir }}/admin.sock", "gateway_api_key": GATEWAY_KEY}
+    # other gateway settings to compare, e.g. LLMOPS_BENCH_GATEWAY_VARS='{"gateway_hash_balance_factor": 200}'
+    extra.update(json.loads(os.environ.get("LLMOPS_BENCH_GATEWAY_VARS", "{}")))
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"))
     subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i",
                     os.path.join(directory, "inventory.json"),
@@ -304,9 +306,10 @@ def main():
     ensure_model()
     cpus = sorted(os.sched_getaffinity(0))
     rng = random.Random(20261207)
-    prefix_tokens_guess = int(PREFIX_WORDS * 1.3) + 64
+    # the test tokenizer gives about 1.1 tokens a word (1,200 words: 1,311 tokens with the chat template)
+    prefix_tokens_guess = int(PREFIX_WORDS * 1.1) + 40
     block_bytes = 128 * 2 * 8 * 8 * 64 * 2  # a 128-token block of the model's KV (K and V, 8 layers, 8 heads of 64, bf16)
-    prefix_blocks = math.ceil(prefix_tokens_guess / 128.0) + 1
+    prefix_blocks = math.ceil(prefix_tokens_guess / 128.0)
     cache_prefixes = max(1, int(round(CACHE_SHARE * PREFIXES)))
     # the prefixes the share holds, the blocks of the requests in flight, and one request of max_model_len
     kv_bytes = max(cache_prefixes * prefix_blocks + CONCURRENCY * 2, MAX_MODEL_LEN // 128 + 1) * block_bytes
@@ -331,8 +334,8 @@ def main():
                                                "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for name, _ in POLICIES:
             wait_ready("http://127.0.0.1:%d/stats" % gateways[name]["gateway_stats_port"], time.time() + 30)
-        factor = int(open(os.path.join(gateways["prefix"]["test_dir"], "haproxy.cfg")).read()
-                     .split("hash-balance-factor ", 1)[1].split()[0])
+        config = open(os.path.join(gateways["prefix"]["test_dir"], "haproxy.cfg")).read()
+        factor = int(config.split("hash-balance-factor ", 1)[1].split()[0]) if "hash-balance-factor " in config else 0
         block_size = metrics(servers[0])["block_size"] or 128
         time.sleep(3)
         # warm-up: each server answers a few requests of its own prefix through the leastconn gateway
