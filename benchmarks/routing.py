@@ -21,7 +21,7 @@ gateway_affinity (none, header with X-Session-Id, prefix).
 Workload: a round runs one segment per policy (their order rotates from round to round); a segment
 draws LLMOPS_BENCH_PREFIXES (K, default 16) fresh shared prefixes (a system prompt of about
 LLMOPS_BENCH_PREFIX_WORDS words; fresh, so no segment finds another's prefixes in a cache) and sends
-LLMOPS_BENCH_REQUESTS (default 96) streamed chat completions from LLMOPS_BENCH_CONCURRENCY (default 4)
+LLMOPS_BENCH_REQUESTS (default 128) streamed chat completions from LLMOPS_BENCH_CONCURRENCY (default 4)
 workers, each a uniformly drawn prefix with a short suffix of its own (the user message), ignore_eos and
 max_tokens LLMOPS_BENCH_MAX_TOKENS (default 8). Requests of one prefix carry one X-Session-Id, as a
 client that names its conversations would. Every stream is read to its end and checked: a choice with
@@ -61,7 +61,7 @@ from vllm_testbed import API_KEY, IMAGE, VllmContainer  # noqa: E402
 SERVERS = int(os.environ.get("LLMOPS_BENCH_SERVERS", "2"))
 ROUNDS = int(os.environ.get("LLMOPS_BENCH_ROUNDS", "3"))
 PREFIXES = int(os.environ.get("LLMOPS_BENCH_PREFIXES", "16"))
-REQUESTS = int(os.environ.get("LLMOPS_BENCH_REQUESTS", "96"))
+REQUESTS = int(os.environ.get("LLMOPS_BENCH_REQUESTS", "128"))
 CONCURRENCY = int(os.environ.get("LLMOPS_BENCH_CONCURRENCY", "4"))
 PREFIX_WORDS = int(os.environ.get("LLMOPS_BENCH_PREFIX_WORDS", "1200"))
 SUFFIX_WORDS = 12
