@@ -49,7 +49,6 @@ import tempfile
 import time
 import urllib.request
 from statistics import median
-from urllib.parse import urlsplit
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
