@@ -23,7 +23,7 @@ TOOLING := tests/tooling
 VLLM_VERSION := $(shell sed -n 's/^vllm_server_version: *//p' roles/vllm_server/defaults/main.yml)
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration integration-multinode bench bench-fleet bench-gateway molecule ee test
+.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration integration-multinode bench bench-fleet bench-gateway bench-routing molecule ee test
 
 help:
 	@echo "make demo       serve the tiny test model on a local throwaway host through site.yml"
@@ -32,6 +32,7 @@ help:
 	@echo "make bench      how soon verify_endpoint and an ansible.builtin.uri loop notice a vLLM start (minutes)"
 	@echo "make bench-fleet  cold and no-op site.yml runs and upstream bytes for fleets of 1, 2 and 4 hosts (about an hour)"
 	@echo "make bench-gateway  what the gateway adds to one vLLM server's p50 latency and throughput"
+	@echo "make bench-routing  leastconn, header affinity and prefix hash through the gateway: prefix-cache hits, TTFT, throughput (about 15 minutes)"
 	@echo "make clean      remove what the demo and the tests started (containers), keep caches"
 	@echo "make distclean  also remove the test images, the registry's blobs, the caches and .venv"
 
@@ -101,6 +102,10 @@ bench-fleet: testbed
 # Not a test: the p50 latency and throughput the gateway (HAProxy on loopback) adds to one vLLM server.
 bench-gateway: deps images models
 	$(BIN)/python benchmarks/gateway.py
+
+# Not a test: the gateway's balance policies in front of two vLLM CPU servers with prefix caching, alternating.
+bench-routing: deps images
+	$(BIN)/python benchmarks/routing.py
 
 # The scenarios run in two lanes side by side (tests/tooling/lanes; LLMOPS_LANES=1 for one after the
 # other): the fleet scenario, the longest, with bad-input; the others in the second lane, longest first.
