@@ -108,9 +108,10 @@ bench-routing: deps images
 	$(BIN)/python benchmarks/routing.py
 
 # The scenarios run in two lanes side by side (tests/tooling/lanes; LLMOPS_LANES=1 for one after the
-# other): the fleet scenario, the longest, with bad-input; the others in the second lane, longest first.
-LANE_FLEET := fleet bad-input
-LANE_OTHERS := multi-instance default compose gpu-host docker-merge
+# other): the fleet scenario, the longest (its upgrades under load included), alone in one; the others in
+# the second lane, longest first (make test adds the EE's test there).
+LANE_FLEET := fleet
+LANE_OTHERS := multi-instance default compose bad-input gpu-host docker-merge
 lane_fleet = $(strip $(foreach s,$(LANE_FLEET),$(filter $(s),$(SCENARIOS))))
 lane_others = $(strip $(foreach s,$(LANE_OTHERS),$(filter $(s),$(SCENARIOS))) $(filter-out $(LANE_FLEET) $(LANE_OTHERS),$(SCENARIOS)))
 
