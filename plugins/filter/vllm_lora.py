@@ -30,6 +30,11 @@ def _served_names(instance):
     return [str(s) for s in served] if isinstance(served, (list, tuple)) else [str(served)]
 
 
+def vllm_lora_names(instance):
+    """The names of an instance's static adapters, which clients send as the model (verify_endpoint's adapters)."""
+    return [a["name"] for a in adapters(instance)]
+
+
 def vllm_lora_paths(instances, models_dir):
     """The host directories of every adapter of the instances, for serving_host_info's adapters."""
     paths = []
@@ -188,6 +193,7 @@ def vllm_lora_problems(instances, found, host, models_dir, delivered=None, ranks
 class FilterModule(object):
     def filters(self):
         return {
+            "vllm_lora_names": vllm_lora_names,
             "vllm_lora_paths": vllm_lora_paths,
             "vllm_lora_problems": vllm_lora_problems,
             "vllm_lora_runtime_dirs": vllm_lora_runtime_dirs,

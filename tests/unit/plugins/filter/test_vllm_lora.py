@@ -212,3 +212,11 @@ def test_serving_host_info_reads_an_adapter_directory(tmp_path):
     assert serving_host_info.adapter_dir(str(tmp_path / "missing"))["exists"] is False
     (tmp_path / "adapter_config.json").write_text("[1]")
     assert "is not a JSON object" in serving_host_info.adapter_dir(str(tmp_path))["error"]
+
+
+def test_the_verify_playbook_checks_each_static_adapter():
+    from ansible_collections.llmops.vllm.plugins.filter.vllm_verify import vllm_endpoints
+
+    with_adapters, without = vllm_endpoints([instance({"adapters": [SQL, HUB], "runtime": True}), instance({}, name="b", port=8001)])
+    assert with_adapters["adapters"] == ["sql", "chat"] and with_adapters["model"] == "base"
+    assert "adapters" not in without
