@@ -114,6 +114,16 @@ def _block_problems(where, instance, ranks):
         boolean(lora.get("runtime", False), strict=True)
     except TypeError:
         problems.append("%s: lora.runtime must be true or false, not %r." % (where, lora.get("runtime")))
+    # vLLM 0.32.0 with runtime LoRA updating serves POST /adapters and DELETE /adapters/{name} (its SageMaker routes)
+    # outside the /v1 paths its --api-key guards: anyone who reaches the port could load or unload adapters.
+    if boolean(lora.get("runtime", False), strict=False) and not instance.get("loopback_only") \
+            and not boolean(lora.get("runtime_open_port", False), strict=False):
+        problems.append(
+            "%s: lora.runtime opens vLLM's adapter loading, and vLLM 0.32.0 then serves POST /adapters and DELETE "
+            "/adapters/<name> without asking for its API key, on the instance's port, published on %s: anyone who reaches "
+            "that port could load adapters or unload the served ones. Publish the port on 127.0.0.1 only (bind_address), "
+            "or, when only the gateway (which refuses those paths) reaches it, set lora.runtime_open_port: true to "
+            "accept this (docs/lora.md)." % (where, instance.get("bind_address")))
     options = dict((str(k).strip().lstrip("-").replace("_", "-"), v) for k, v in (instance.get("options") or {}).items())
     doubled = sorted(k for k in options if k in DERIVED_OPTIONS)
     if doubled:

@@ -32,7 +32,7 @@ VLLM_DEFAULT_MAX_LORAS = 1
 
 # The keys of an instance's lora block, and the vLLM options the role derives from them (an instance
 # with a lora block must not also set these in its options: one place says what the server loads).
-LORA_KEYS = ("adapters", "max_loras", "max_lora_rank", "max_cpu_loras", "runtime")
+LORA_KEYS = ("adapters", "max_loras", "max_lora_rank", "max_cpu_loras", "runtime", "runtime_open_port")
 ADAPTER_KEYS = ("name", "source", "revision", "path")
 DERIVED_OPTIONS = ("enable-lora", "lora-modules", "max-loras", "max-lora-rank", "max-cpu-loras")
 

@@ -174,11 +174,19 @@ def test_malformed_adapters_are_named(entry, expected):
 
 def test_limits_vllm_refuses_are_named():
     assert "lora.max_cpu_loras 1 is below lora.max_loras 2, which vLLM refuses" in problems(
-        instance({"runtime": True, "max_loras": 2, "max_cpu_loras": 1}))
-    assert "lora.max_loras must be a whole number of at least 1, not 0." in problems(instance({"runtime": True, "max_loras": 0}))
+        instance({"adapters": [SQL], "max_loras": 2, "max_cpu_loras": 1}))
+    assert "lora.max_loras must be a whole number of at least 1, not 0." in problems(instance({"adapters": [SQL], "max_loras": 0}))
     assert "lora.runtime must be true or false, not 'sometimes'." in problems(instance({"runtime": "sometimes"}))
     assert "lora has keys the role does not know: adapter" in problems(instance({"adapter": [SQL]}))
     assert "lora must be a dictionary" in problems(instance(["sql"]))
+
+
+def test_runtime_adapters_on_a_port_beyond_loopback_need_the_operators_word():
+    text = problems(instance({"runtime": True}))
+    assert ("Instance vllm on gpu-1: lora.runtime opens vLLM's adapter loading, and vLLM 0.32.0 then serves POST /adapters "
+            "and DELETE /adapters/<name> without asking for its API key, on the instance's port, published on 0.0.0.0") in text
+    assert problems(instance({"runtime": True}, bind_address="127.0.0.1")) == ""
+    assert problems(instance({"runtime": True, "runtime_open_port": True})) == ""
 
 
 def test_options_that_say_what_the_lora_block_says_are_refused():
