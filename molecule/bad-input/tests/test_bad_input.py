@@ -240,6 +240,28 @@ def test_a_gateway_key_with_a_line_break_stops_the_gateway_unprinted(host, tmp_p
     assert host_state(host) == before, "the failed run changed the host"
 
 
+def test_a_lora_adapter_of_another_base_model_stops_the_play_before_anything_changes(host):
+    """docs/lora.md: the adapter's adapter_config.json, read on the host, names tiny-nochat as its base; the instance
+    serves tiny-chat. The preflight refuses it before the role writes or starts anything."""
+    import json
+
+    config = {"peft_type": "LORA", "base_model_name_or_path": "llmops-test/tiny-nochat", "r": 8,
+              "target_modules": ["q_proj", "v_proj"]}
+    try:
+        host.check_output("mkdir -p /srv/llmops-lora/sql && printf %%s %s > /srv/llmops-lora/sql/adapter_config.json && "
+                          "printf x > /srv/llmops-lora/sql/adapter_model.safetensors", json.dumps(config))
+        before = host_state(host)
+        result = run_playbook("site.yml", {"vllm_server_instances": [
+            dict(TINY, lora={"adapters": [{"name": "sql", "path": "/srv/llmops-lora/sql"}], "max_lora_rank": 8})]})
+        assert result.returncode != 0
+        assert ("Instance vllm on llmops-bad-input: adapter sql (lora.adapters, /srv/llmops-lora/sql) was trained for "
+                "llmops-test/tiny-nochat (base_model_name_or_path in its adapter_config.json), but the instance serves "
+                "llmops-test/tiny-chat") in " ".join(result.output.split()), result.output[-3000:]
+        assert host_state(host) == before, "the failed run changed the host"
+    finally:
+        host.run("rm -rf /srv/llmops-lora")
+
+
 def test_the_host_is_bare(host):
     assert host.run("dpkg-query -W docker.io").rc != 0
     assert not host.file("/data").exists
