@@ -565,10 +565,10 @@ class Verifier(object):
     def adapter(self, name, base):
         """Check one LoRA adapter: listed with base as its parent, and answering a chat completion under its name."""
         if name not in self.models:
+            listed = ", ".join(self.models) or "nothing"
             raise VerificationFailed(
                 "%s does not serve the LoRA adapter '%s': /v1/models lists %s. vLLM loads the adapters of --lora-modules "
-                "at start; check the instance's lora.adapters and the server's log." % (self.ep.base_url, name,
-                                                                                      ", ".join(self.models) or "nothing"))
+                "at start; check the instance's lora.adapters and the server's log." % (self.ep.base_url, name, listed))
         if self.parents.get(name) != base:
             raise VerificationFailed(
                 "%s lists the LoRA adapter '%s' with the parent %r, not the base model '%s': it is served on top of "
