@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import model_entries
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import (
     ADAPTER_KEYS, ADAPTER_NAME, COMMIT, DERIVED_OPTIONS, LORA_KEYS, VLLM_DEFAULT_MAX_LORA_RANK, VLLM_DEFAULT_MAX_LORAS,
     VLLM_LORA_RANKS, adapters, lora_block, runtime_host_dir)
@@ -33,6 +34,19 @@ def _served_names(instance):
 def vllm_lora_names(instance):
     """The names of an instance's static adapters, which clients send as the model (verify_endpoint's adapters)."""
     return [a["name"] for a in adapters(instance)]
+
+
+def vllm_lora_hub_questions(instances, found, models_dir):
+    """{model, revision} of each hub adapter that its host's cache does not hold, to ask the hub about (hf_model_config)."""
+    exists = set(f.get("path") for f in found or [] if f.get("exists"))
+    questions = []
+    for instance in instances or []:
+        for adapter in adapters(instance, models_dir):
+            question = {"model": adapter["source"], "revision": adapter["revision"]}
+            if adapter["kind"] == "hub" and COMMIT.match(adapter["revision"]) and adapter["host_path"] not in exists \
+                    and question not in questions:
+                questions.append(question)
+    return questions
 
 
 def vllm_lora_paths(instances, models_dir):
@@ -132,16 +146,26 @@ def _block_problems(where, instance, ranks):
     return problems
 
 
-def _adapter_problems(where, instance, adapter, found, delivered, ranks):
+def _adapter_problems(where, instance, adapter, found, delivered, ranks, hub):
     """What the adapter's own files say against the instance, or that they are missing."""
     lora = lora_block(instance)
     what = "%s: adapter %s (lora.adapters, %s)" % (
         where, adapter["name"], "%s@%s" % (adapter["source"], adapter["revision"]) if adapter["kind"] == "hub" else adapter["path"])
     info = found.get(adapter["host_path"])
-    if info is None or not info.get("exists"):
-        if adapter["kind"] == "hub" and delivered:
-            # fetched before the server starts; download.yml checks it again once it is there
+    if (info is None or not info.get("exists")) and adapter["kind"] == "hub" and delivered:
+        # fetched before the server starts: judged from what the hub says of it (hf_model_config), when it was asked
+        answer = (model_entries(hub, adapter["source"], adapter["revision"]) or [None])[0]
+        if answer is None or answer.get("problem") in ("unreachable", "unavailable", "other"):
             return []
+        if answer.get("problem"):
+            return ["%s: %s answered%s: \"%s\" (%s). Check the adapter's source and revision%s. Nothing was changed on "
+                    "the host." % (what, answer.get("endpoint") or "the hub", " HTTP %s" % answer["status"] if answer.get("status")
+                                   else "", answer.get("error") or "", answer["problem"],
+                                   ", and vllm_server_hf_token for a gated or private one" if answer["problem"] in
+                                   ("gated", "not_found", "token_rejected") else "")]
+        info = {"exists": True, "config": answer.get("adapter_config") or {}, "weights": bool(answer.get("weights_bytes")),
+                "error": ""}
+    if info is None or not info.get("exists"):
         if adapter["kind"] == "hub":
             return ["%s is not in the host's model cache (%s) and the instance does not download (download, or "
                     "vllm_server_download_models: true fetches it at its pinned revision before the server starts)."
@@ -177,13 +201,13 @@ def _adapter_problems(where, instance, adapter, found, delivered, ranks):
     return problems
 
 
-def vllm_lora_problems(instances, found, host, models_dir, delivered=None, ranks=None):
+def vllm_lora_problems(instances, found, host, models_dir, delivered=None, ranks=None, hub=None):
     """Sentences for each instance whose LoRA adapters vLLM would refuse, or that the role cannot serve as given.
 
     instances: the role's resolved instances; found: serving_host_info's adapters ({path, exists, config, weights,
     error}) for vllm_lora_paths(instances, models_dir); host: inventory_hostname; delivered: names of the instances
     whose hub adapters the role downloads before they start; ranks: the ranks vLLM takes (max_lora_rank's choices
-    in the option data).
+    in the option data); hub: hf_model_config's answers, for the hub adapters no cache holds yet.
     """
     ranks = sorted(_int(r) for r in (ranks or VLLM_LORA_RANKS) if _int(r) is not None)
     by_path = dict((f.get("path"), f) for f in found or [])
@@ -196,7 +220,7 @@ def vllm_lora_problems(instances, found, host, models_dir, delivered=None, ranks
         if block or not isinstance(instance.get("lora"), dict):
             continue
         for adapter in adapters(instance, models_dir):
-            problems.extend(_adapter_problems(where, instance, adapter, by_path, instance.get("name") in delivered, ranks))
+            problems.extend(_adapter_problems(where, instance, adapter, by_path, instance.get("name") in delivered, ranks, hub))
     return problems
 
 
@@ -205,6 +229,7 @@ class FilterModule(object):
         return {
             "vllm_lora_names": vllm_lora_names,
             "vllm_lora_paths": vllm_lora_paths,
+            "vllm_lora_hub_questions": vllm_lora_hub_questions,
             "vllm_lora_problems": vllm_lora_problems,
             "vllm_lora_runtime_dirs": vllm_lora_runtime_dirs,
         }

@@ -228,3 +228,33 @@ def test_the_verify_playbook_checks_each_static_adapter():
     with_adapters, without = vllm_endpoints([instance({"adapters": [SQL, HUB], "runtime": True}), instance({}, name="b", port=8001)])
     assert with_adapters["adapters"] == ["sql", "chat"] and with_adapters["model"] == "base"
     assert "adapters" not in without
+
+
+def answer(problem="", config=None, status=0, error=""):
+    return {"model": "org/chat-lora", "revision": COMMIT, "problem": problem, "status": status, "error": error,
+            "endpoint": "http://hub.test", "adapter_config": config if config is not None else {
+                "peft_type": "LORA", "base_model_name_or_path": "org/base", "r": 8, "target_modules": ["q_proj"]},
+            "weights_bytes": 1024}
+
+
+def test_a_hub_adapter_no_cache_holds_is_asked_about_and_judged_from_the_hubs_answer():
+    from ansible_collections.llmops.vllm.plugins.filter.vllm_lora import vllm_lora_hub_questions
+
+    i = instance({"adapters": [SQL, HUB]}, download=True)
+    missing = [found("/srv/adapters/sql"), found(HUB_DIR, exists=False)]
+    assert vllm_lora_hub_questions([i], missing, MODELS) == [{"model": "org/chat-lora", "revision": COMMIT}]
+    assert vllm_lora_hub_questions([i], [found("/srv/adapters/sql"), found(HUB_DIR)], MODELS) == []
+
+    def judged(hub_answer):
+        return " ".join(vllm_lora_problems([i], missing, "gpu-1", MODELS, ["vllm"], None, [hub_answer]))
+
+    assert judged(answer()) == ""
+    assert "adapter chat (lora.adapters, org/chat-lora@%s) was trained for org/other" % COMMIT in judged(
+        answer(config={"peft_type": "LORA", "base_model_name_or_path": "org/other", "r": 8}))
+    assert "has rank 64" in judged(answer(config={"peft_type": "LORA", "base_model_name_or_path": "org/base", "r": 64}))
+    text = judged(answer(problem="revision", status=404, error="Invalid rev id"))
+    assert text.startswith("Instance vllm on gpu-1: adapter chat (lora.adapters, org/chat-lora@%s): http://hub.test answered "
+                           "HTTP 404: \"Invalid rev id\" (revision). Check the adapter's source and revision." % COMMIT)
+    assert "vllm_server_hf_token for a gated or private one" in judged(answer(problem="gated", status=403, error="no"))
+    # a hub that could not be asked leaves the check to the download
+    assert judged(answer(problem="unreachable")) == ""
