@@ -130,6 +130,10 @@ HUB_CASES = [
 ]
 
 
+HUB_LORA = "llmops-test/hub-lora-nochat"
+HUB_COMMITS = {}
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """The stand-in on a port of its own, serving HUB_MODELS, with hub-gated granted to HUB_TOKEN only."""
@@ -138,7 +142,12 @@ def hub(tmp_path_factory):
     models = dict((repo_id, {"config.json": json.dumps(config).encode(), "model.safetensors": b"\0" * 64})
                   for repo_id, config in HUB_MODELS.items())
     config = {"tokens": [HUB_TOKEN, HUB_TOKEN_DENIED, INVENTORY_TOKEN], "gated": {"llmops-test/hub-gated": [HUB_TOKEN]}}
+    # a LoRA adapter trained for tiny-nochat (docs/lora.md): a repository with adapter_config.json, no config.json
+    models[HUB_LORA] = {"adapter_config.json": json.dumps({"peft_type": "LORA", "base_model_name_or_path": "llmops-test/tiny-nochat",
+                                                           "r": 8, "target_modules": ["q_proj"]}).encode(),
+                        "adapter_model.safetensors": b"\0" * 64}
     with HubStandIn(tmp_path_factory.mktemp("hub"), models, config) as hub:
+        HUB_COMMITS.update(hub.commits)
         yield hub.url
 
 
@@ -260,6 +269,19 @@ def test_a_lora_adapter_of_another_base_model_stops_the_play_before_anything_cha
         assert host_state(host) == before, "the failed run changed the host"
     finally:
         host.run("rm -rf /srv/llmops-lora")
+
+
+def test_a_hub_lora_adapter_of_another_base_model_stops_a_first_deploy(host, hub):
+    """No cache holds the adapter: the hub (the stand-in) is asked for its adapter_config.json from the control node,
+    and the adapter refused before anything is downloaded or changed."""
+    before = host_state(host)
+    adapter = {"name": "sql", "source": HUB_LORA, "revision": HUB_COMMITS[HUB_LORA]}
+    result = run_playbook("site.yml", {"vllm_server_env": {}, "vllm_server_hf_endpoint": hub, "vllm_server_download_models": True,
+                                       "vllm_server_instances": [dict(TINY, lora={"adapters": [adapter]})]})
+    assert result.returncode != 0
+    assert ("Instance vllm on llmops-bad-input: adapter sql (lora.adapters, %s@%s) was trained for llmops-test/tiny-nochat"
+            % (HUB_LORA, HUB_COMMITS[HUB_LORA])) in " ".join(result.output.split()), result.output[-3000:]
+    assert host_state(host) == before, "the failed run changed the host"
 
 
 def test_the_host_is_bare(host):
