@@ -211,9 +211,8 @@ class HubStandIn(object):
         import os
         import socket
 
-        # each repository's commit (refs/main), for revisions pinned to it
-        self.commits = dict((repo_id, hub_layout(os.path.join(str(directory), "hub"), repo_id, files))
-                            for repo_id, files in models.items())
+        for repo_id, files in models.items():
+            hub_layout(os.path.join(str(directory), "hub"), repo_id, files)
         config_file = os.path.join(str(directory), "hub-config.json")
         with open(config_file, "w") as f:
             json.dump(config, f)
