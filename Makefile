@@ -50,6 +50,7 @@ images: docker
 
 models: images
 	$(TOOLING)/tiny-model .cache/models
+	$(TOOLING)/tiny-lora .cache/lora
 
 # Everything the scenarios and the demo share: images, the registry mirror holding the
 # vLLM test image, and the tiny models.

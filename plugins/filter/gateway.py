@@ -16,6 +16,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_inventory_instances
 from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import vllm_secret_problems
 from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _get
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters
 
 # HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -53,11 +54,20 @@ def gateway_backends(hosts, hostvars, vllm_defaults=None):
     if not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError("gateway_backends wants a list of hosts, not %s" % type(hosts).__name__)
     models = {}
+    # adapter name -> the served names of the base models it is served on
+    parents = {}
+    bases = set()
     for instance in vllm_inventory_instances(hosts, hostvars, vllm_defaults):
         host = instance["host"]
         address = _get(hostvars, host, "gateway_backend_address", "") or _get(hostvars, host, "ansible_host", "") or host
         api_key = str(_get(hostvars, host, "vllm_server_api_key", "") or "")
-        for model in _served_names(instance):
+        # an instance's static LoRA adapters are routed by their names too (docs/lora.md)
+        adapter_names = [a["name"] for a in lora_adapters(instance)]
+        for model in _served_names(instance) + adapter_names:
+            if model in adapter_names:
+                parents.setdefault(model, set()).add(_served_names(instance)[0])
+            else:
+                bases.add(model)
             models.setdefault(model, []).append({
                 "name": gateway_server_name(host, instance.get("name")),
                 "host": str(host),
@@ -78,6 +88,10 @@ def gateway_backends(hosts, hostvars, vllm_defaults=None):
             # One Authorization header per backend: gateway_problems refuses backends whose hosts differ.
             "api_key": keys[0] if len(keys) == 1 else None,
         })
+        if model in parents:
+            # a LoRA adapter: its base model(s); gateway_problems refuses a name served on two bases
+            backends[-1]["parents"] = sorted(parents[model])
+            backends[-1]["also_base"] = model in bases
     return backends
 
 
@@ -99,6 +113,16 @@ def gateway_problems(backends, gateway_hosts, hostvars, settings):
                 "the hosts serving %s (%s) have different vllm_server_api_key values; the gateway sets one "
                 "Authorization header per model: give them the same key." % (
                     backend["model"], ", ".join(sorted(set(s["host"] for s in backend["servers"])))))
+        if len(backend.get("parents") or []) > 1:
+            problems.append(
+                "the LoRA adapter %s is served on different base models (%s, by %s): the gateway routes one name to one "
+                "set of servers, so give the adapters different names (lora.adapters of those instances)." % (
+                    backend["model"], ", ".join(backend["parents"]),
+                    ", ".join(sorted(set(s["host"] for s in backend["servers"])))))
+        if backend.get("parents") and backend.get("also_base"):
+            problems.append(
+                "%s is a LoRA adapter's name on some hosts and a served model name on others: the gateway would route "
+                "one name to both. Rename the adapter (lora.adapters) or the model (served_model_name)." % backend["model"])
         if re.search(r"\s", backend["model"]):
             problems.append("the served model name %r contains whitespace, which the gateway's model map cannot hold: "
                             "change served_model_name of %s." % (backend["model"], backend["servers"][0]["name"]))
@@ -188,8 +212,14 @@ def gateway_haproxy_literal(text):
 
 def gateway_models_list(backends):
     """The answer of GET /v1/models at the gateway: OpenAI's list shape, one entry per served model."""
-    return {"object": "list",
-            "data": [{"id": b["model"], "object": "model", "created": 0, "owned_by": "vllm"} for b in backends]}
+    data = []
+    for b in backends:
+        entry = {"id": b["model"], "object": "model", "created": 0, "owned_by": "vllm"}
+        if b.get("parents"):
+            # as vLLM lists a LoRA adapter: its base model as parent
+            entry["parent"] = b["parents"][0]
+        data.append(entry)
+    return {"object": "list", "data": data}
 
 
 def gateway_not_found_body(backends):

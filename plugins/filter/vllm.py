@@ -16,6 +16,7 @@ from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostv
 
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
     INSTANCE_LABEL, MODE_LABEL, NODE_ROLE_LABEL, NODES_LABEL, ContainerSpecError, device_requests)
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters, lora_options
 
 
 def vllm_device_requests(gpus):
@@ -112,6 +113,10 @@ def vllm_resolve_instances(instances, defaults, gpus_available=None):
         served = i.get("served_model_name") or i.get("model")
         local_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
         config_options = dict((k, v) for k, v in options.items() if not (multinode and vllm_cli_key(k) in SIZE_KEYS))
+        # The LoRA adapters (docs/lora.md) become vLLM options of their own, kept apart from the instance's
+        # options so that the preflight can tell a lora block from options that say the same.
+        adapter_options = lora_options(dict(i, served_model_name=served))
+        config_options.update(adapter_options)
         i.update(
             name=name,
             port=port,
@@ -128,6 +133,7 @@ def vllm_resolve_instances(instances, defaults, gpus_available=None):
             local_url="http://%s:%s" % ("[%s]" % local_host if ":" in local_host else local_host, port),
             multinode=multinode,
             multinode_head=str(i.get("head") or nodes[0]) if multinode else "",
+            lora_options=adapter_options,
         )
         resolved.append(i)
     return resolved
@@ -257,11 +263,22 @@ def vllm_downloads(instances, models_dir):
     """
     downloads = []
     for i in instances:
-        if not i.get("download") or str(i["model"]).startswith("/"):
+        if not i.get("download"):
             continue
-        stamp = "%s/.downloaded/%s@%s" % (models_dir, str(i["model"]).replace("/", "--"), i.get("revision", "main"))
-        downloads.append(dict(i, download_stamp=stamp))
+        # A hub adapter (docs/lora.md) is fetched as a model is, at its pinned revision, before the server starts.
+        fetched = []
+        if not str(i["model"]).startswith("/"):
+            fetched.append(dict(i, download_stamp=_download_stamp(models_dir, i["model"], i.get("revision", "main"))))
+        for adapter in lora_adapters(i):
+            if adapter["kind"] == "hub":
+                fetched.append(dict(i, model=adapter["source"], revision=adapter["revision"], adapter=adapter["name"],
+                                    download_stamp=_download_stamp(models_dir, adapter["source"], adapter["revision"])))
+        downloads.extend(fetched)
     return downloads
+
+
+def _download_stamp(models_dir, model, revision):
+    return "%s/.downloaded/%s@%s" % (models_dir, str(model).replace("/", "--"), revision)
 
 
 def _version_tuple(text):
@@ -294,12 +311,13 @@ def vllm_pick_option_spec(known_versions, image):
 
 # What an instance needs to be created again exactly (upgrade.yml's rollback); never a secret.
 STATE_KEYS = ("name", "model", "served_model_name", "port", "bind_address", "gpus", "options", "env", "image",
-              "download", "revision", "parameters") + MULTINODE_KEYS
+              "download", "revision", "parameters", "lora") + MULTINODE_KEYS
 
 
 def vllm_instance_state(instances):
     """The instances reduced to what recreates them, for the role's state file."""
-    return [dict((k, i[k]) for k in STATE_KEYS if k in i) for i in instances]
+    # an instance without adapters (lora: {}, the default) keeps the state it had before the lora block existed
+    return [dict((k, i[k]) for k in STATE_KEYS if k in i and not (k == "lora" and not i[k])) for i in instances]
 
 
 # Keys the role sets itself; an instance gives them through its own fields.

@@ -7,11 +7,20 @@ from __future__ import annotations
 # The endpoints playbooks/verify.yml checks, and its fleet report: one row per endpoint, the table
 # it prints. verify.yml's Markdown report (playbooks/templates/verify-report.md.j2) reads the rows.
 
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters
+
 
 def vllm_endpoints(instances):
     """The endpoints of resolved instances (vllm_resolve_instances): [{url, port, model, container}], local URLs."""
-    return [{"url": i["local_url"], "port": i["port"], "model": i.get("served_model_name") or "", "container": i["name"]}
-            for i in instances]
+    endpoints = []
+    for i in instances:
+        endpoint = {"url": i["local_url"], "port": i["port"], "model": i.get("served_model_name") or "", "container": i["name"]}
+        # the instance's static LoRA adapters (docs/lora.md), each checked under its own name
+        names = [a["name"] for a in lora_adapters(i)]
+        if names:
+            endpoint["adapters"] = names
+        endpoints.append(endpoint)
+    return endpoints
 
 
 def vllm_endpoints_at(endpoints, address):

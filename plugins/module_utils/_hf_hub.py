@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import traceback
 
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapter_config_summary
 from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import (
     SAFETENSORS_INDEX,
     index_total_size,
@@ -58,6 +59,9 @@ __all__ = ["HF_IMPORT_ERROR", "Asker", "EntryNotFoundError", "GatedRepoError", "
            "LocalEntryNotFoundError", "OfflineModeIsEnabled", "RepositoryNotFoundError", "RevisionNotFoundError",
            "constants", "filter_repo_objects", "hf_hub_download", "httpx2", "snapshot_download", "GATED", "NOT_FOUND",
            "REVISION", "TOKEN", "UNREACHABLE", "NO_CONFIG", "OTHER", "UNAVAILABLE"]
+
+# A LoRA adapter's config (a repository without config.json, docs/lora.md).
+ADAPTER_CONFIG = "adapter_config.json"
 
 # What a failed question means, for the preflight's refusals (vllm_preflight.vllm_model_problems).
 GATED, NOT_FOUND, REVISION, TOKEN, UNREACHABLE, NO_CONFIG, OTHER, UNAVAILABLE = (
@@ -113,6 +117,11 @@ class Asker(object):
             tree = self.api.list_repo_tree(model, revision=ref, recursive=True, token=self.token)
             sizes = dict((f.path, f.size or 0) for f in tree if isinstance(f, RepoFile))
             entry["files"] = len(sizes)
+            # a LoRA adapter (docs/lora.md) has an adapter_config.json instead of a config.json
+            if "config.json" not in sizes and ADAPTER_CONFIG in sizes:
+                entry["adapter_config"] = adapter_config_summary(self.download(model, ref, ADAPTER_CONFIG, scratch))
+                entry["weights_bytes"] = sum(s for p, s in sizes.items() if p.startswith("adapter_model."))
+                return entry
             # the gate guards the files, not the metadata: this is where a token without access is refused
             config = self.download(model, ref, "config.json", scratch)
             entry["config"] = model_config_summary(config) if isinstance(config, dict) else {}

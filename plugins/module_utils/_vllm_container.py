@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import lora_env, lora_mounts
+
 # Where the host directories appear inside the container. The models directory is the Hugging
 # Face home, so a model downloaded once lands in models/hub/ and is reused.
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
@@ -85,6 +87,8 @@ def container_env(instance, settings):
         env["VLLM_LOGGING_CONFIG_PATH"] = "%s/%s" % (CONTAINER_CONFIGS_DIR, instance["logging_file"])
     if settings["hf_endpoint"]:
         env["HF_ENDPOINT"] = settings["hf_endpoint"]
+    # vLLM's filesystem resolver for runtime adapters (docs/lora.md); the instance's env may still override it
+    env.update(lora_env(instance))
     env.update(instance.get("env") or {})
     return dict((str(k), str(v)) for k, v in env.items())
 
@@ -100,6 +104,9 @@ def host_mounts(settings):
 
 def container_mounts(instance, settings):
     mounts = host_mounts(settings)
+    # the LoRA adapters' host directories and the resolver's directory (docs/lora.md); lora_dir is the
+    # host directory that holds the instances' resolver directories
+    mounts.extend(lora_mounts(instance, settings.get("lora_dir")))
     if _bool(settings["compile_cache"]):
         mounts.append({"type": "volume", "source": instance["cache_volume"], "target": CONTAINER_CACHE_DIR})
     return mounts

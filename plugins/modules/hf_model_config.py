@@ -109,6 +109,15 @@ models:
       sample: {architectures: [LlamaForCausalLM], model_type: llama, num_attention_heads: 32, num_key_value_heads: 8,
                num_hidden_layers: 32, hidden_size: 4096, head_dim: 128, torch_dtype: bfloat16,
                max_position_embeddings: 131072, auto_map: false, rope_scaling: true, quantization: ""}
+    adapter_config:
+      description:
+        - For a LoRA adapter's repository (an C(adapter_config.json) and no C(config.json)), the fields of its
+          C(adapter_config.json) the vllm_server role checks (C(peft_type), C(base_model_name_or_path), the rank C(r),
+          C(target_modules)); absent for a model.
+      type: dict
+      returned: for a LoRA adapter
+      version_added: 0.2.0
+      sample: {peft_type: LORA, base_model_name_or_path: meta-llama/Llama-3.1-8B-Instruct, r: 16, target_modules: [q_proj, v_proj]}
     generation_config:
       description: The model's C(generation_config.json), when it has one.
       type: dict

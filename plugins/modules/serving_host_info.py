@@ -21,6 +21,9 @@ description:
     containers publish it.
   - B(Docker.) Whether the C(docker) CLI is installed, whether the daemon answers, its version, the
     state of its systemd unit, and which of O(images) are present.
+  - B(LoRA adapters.) For each of O(adapters), whether the directory exists, the fields of its C(adapter_config.json)
+    that decide whether vLLM serves it on a base model (C(peft_type), C(base_model_name_or_path), the rank C(r),
+    C(target_modules)), and whether it has weights (C(adapter_model.safetensors) or C(adapter_model.bin)).
   - B(Models.) For each of O(models), whether the Hugging Face cache in O(hf_cache) holds it (the
     snapshot its revision points at, with a C(config.json) and weight files), and the fields of its
     C(config.json) that decide whether vLLM can serve it as asked (attention heads, C(auto_map), dtype,
@@ -81,6 +84,14 @@ options:
   hf_cache:
     description: The Hugging Face hub cache directory (C(HF_HOME/hub)) on the host, which holds C(models--org--name) directories.
     type: path
+  adapters:
+    description:
+      - Directories of LoRA adapters on the host (a directory of the host, or an adapter's snapshot in the hub cache), whose
+        C(adapter_config.json) to read.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.2.0
 attributes:
   check_mode:
     support: full
@@ -140,6 +151,19 @@ models:
       config: {architectures: [Qwen2ForCausalLM], model_type: qwen2, num_attention_heads: 12, num_key_value_heads: 2,
                torch_dtype: bfloat16, max_position_embeddings: 32768, auto_map: false, rope_scaling: false}
       error: ""
+adapters:
+  description: One entry per directory of O(adapters).
+  returned: always
+  type: list
+  elements: dict
+  version_added: 0.2.0
+  sample:
+    - path: /srv/adapters/sql
+      exists: true
+      config: {peft_type: LORA, base_model_name_or_path: meta-llama/Llama-3.1-8B-Instruct, r: 16,
+               target_modules: [q_proj, v_proj]}
+      weights: true
+      error: ""
 docker:
   description: The Docker CLI and daemon.
   returned: always
@@ -158,6 +182,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapter_config_summary
 from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import (
     SAFETENSORS_INDEX,
     index_total_size,
@@ -290,6 +315,26 @@ def cached_model(cache, model, revision="main"):
     return entry
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_dir(path):
+    """What a LoRA adapter's directory holds: {path, exists, config (adapter_config.json's summary), weights, error}."""
+    import json
+
+    entry = {"path": path, "exists": os.path.isdir(path), "config": {}, "weights": False, "error": ""}
+    if not entry["exists"]:
+        return entry
+    config_path = os.path.join(path, "adapter_config.json")
+    if os.path.exists(config_path):
+        try:
+            entry["config"] = adapter_config_summary(json.loads(read(config_path)))
+        except ValueError as e:
+            entry["error"] = "%s is not a JSON object: %s" % (config_path, e)
+    entry["weights"] = any(os.path.isfile(os.path.join(path, name)) for name in ADAPTER_WEIGHTS)
+    return entry
+
+
 def read(path):
     try:
         with open(path) as f:
@@ -338,6 +383,7 @@ def main():
                 revision=dict(type="str", default="main"),
             )),
             hf_cache=dict(type="path"),
+            adapters=dict(type="list", elements="path", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -370,7 +416,7 @@ def main():
     for m in wanted:
         models.append(cached_model(module.params["hf_cache"], m["model"], m["revision"] or "main"))
     module.exit_json(changed=False, filesystems=filesystems(module.params["space"], docker["images"]), ports=ports, docker=docker,
-                     models=models)
+                     models=models, adapters=[adapter_dir(path) for path in module.params["adapters"]])
 
 
 if __name__ == "__main__":

@@ -106,6 +106,15 @@ options:
   content_regex:
     description: A regular expression the replies' content must match (Python C(re.search)).
     type: str
+  adapters:
+    description:
+      - Names of LoRA adapters the server serves on top of O(model) (vLLM's C(--lora-modules)). Each must be listed by
+        C(GET /v1/models) with O(model) as its C(parent), and answer a chat completion under its own name.
+      - O(model) (or the first model listed) is the base model they must name as their parent.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.2.0
   container:
     description:
       - Name of the Docker container that serves the endpoint, when the module runs on its host.
@@ -237,6 +246,27 @@ models:
   type: list
   elements: str
   sample: ["qwen2.5-1.5b"]
+adapters:
+  description: What each adapter of O(adapters) answered.
+  returned: success and O(adapters) is not empty
+  type: list
+  elements: dict
+  version_added: 0.2.0
+  contains:
+    name:
+      description: The adapter's name.
+      type: str
+    parent:
+      description: Its parent in C(/v1/models), the base model.
+      type: str
+    reply:
+      description: The content of its chat completion.
+      type: str
+    latency:
+      description: Seconds its chat completion took.
+      type: float
+  sample:
+    - {name: sql, parent: qwen2.5-1.5b, reply: "SELECT 1;", latency: 0.52}
 model:
   description: The served model name the requests used.
   returned: success
@@ -432,6 +462,8 @@ class Verifier(object):
         self.watch = watch
         self.started = self.clock()
         self.models = []
+        # each listed model's parent in /v1/models (an adapter's base model; None for a base model)
+        self.parents = {}
 
     # ---- readiness -------------------------------------------------------------------------------
 
@@ -527,7 +559,22 @@ class Verifier(object):
         if not models:
             raise VerificationFailed("%s is ready but lists no models at /v1/models." % self.ep.base_url, models=models, ready=True)
         self.models = models
+        self.parents = dict((entry["id"], entry.get("parent")) for entry in data["data"] if isinstance(entry, dict))
         return models, ready_at
+
+    def adapter(self, name, base):
+        """Check one LoRA adapter: listed with base as its parent, and answering a chat completion under its name."""
+        if name not in self.models:
+            listed = ", ".join(self.models) or "nothing"
+            raise VerificationFailed(
+                "%s does not serve the LoRA adapter '%s': /v1/models lists %s. vLLM loads the adapters of --lora-modules "
+                "at start; check the instance's lora.adapters and the server's log." % (self.ep.base_url, name, listed))
+        if self.parents.get(name) != base:
+            raise VerificationFailed(
+                "%s lists the LoRA adapter '%s' with the parent %r, not the base model '%s': it is served on top of "
+                "another model than expected." % (self.ep.base_url, name, self.parents.get(name), base))
+        chat = self.chat(name)
+        return dict(name=name, parent=base, reply=chat["content"], latency=chat["latency"])
 
     def explain_auth(self, e):
         if self.ep.api_key:
@@ -850,6 +897,7 @@ def main():
             temperature=dict(type="float", default=0.0),
             extra_body=dict(type="dict", default={}),
             content_regex=dict(type="str"),
+            adapters=dict(type="list", elements="str", default=[]),
             container=dict(type="str"),
             container_log_lines=dict(type="int", default=30),
             headers=dict(type="dict", default={}),
@@ -906,6 +954,8 @@ def main():
                 result.update(reply=stream["content"], latency=stream["latency"],
                               completion_tokens=(stream.get("usage") or {}).get("completion_tokens"),
                               tokens_per_second=stream.get("tokens_per_second"))
+        if p["adapters"]:
+            result["adapters"] = [verifier.adapter(name, result["model"]) for name in p["adapters"]]
     except VerificationFailed as e:
         result.update(e.facts)
         msg = e.message

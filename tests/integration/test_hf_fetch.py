@@ -58,10 +58,10 @@ def model_bytes(repo_id):
 
 
 class Hub(object):
-    def __init__(self, port, config):
+    def __init__(self, port, config, source=SOURCE):
         self.port = port
         self.url = "http://127.0.0.1:%d" % port
-        self.env = dict(os.environ, LLMOPS_HF_HUB_PORT=str(port), LLMOPS_HF_HUB_MODELS=SOURCE,
+        self.env = dict(os.environ, LLMOPS_HF_HUB_PORT=str(port), LLMOPS_HF_HUB_MODELS=source,
                         LLMOPS_HF_HUB_CONFIG=config)
 
     def control(self, command):
@@ -335,3 +335,29 @@ def test_hf_model_config_skips_with_a_warning_when_the_hub_does_not_answer(tmp_p
     assert not result.get("failed"), result
     assert result["models"][0]["problem"] == "unreachable", result
     assert any("could not ask http://127.0.0.1:%d about it" % port in w for w in result.get("warnings", [])), result
+
+
+def test_hf_model_config_reads_a_lora_adapters_config(tmp_path):
+    """A LoRA adapter's repository (tests/tooling/tiny-lora's, in the cache layout): no config.json, its
+    adapter_config.json read instead, for the vllm_server preflight's checks (docs/lora.md)."""
+    source = os.path.join(ROOT, ".cache", "lora", "hub")
+    repo = "llmops-test/tiny-chat-sql"
+    if not os.path.isdir(os.path.join(source, folder(repo))):
+        pytest.fail("the tiny adapters are missing in %s: run make models" % source)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"tokens": []}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    adapters = Hub(port, str(config), source=source)
+    adapters.control("up")
+    try:
+        commit = open(os.path.join(source, folder(repo), "refs", "main")).read().strip()
+        entry = describe(adapters, {"model": repo, "revision": commit})["models"][0]
+    finally:
+        adapters.control("down")
+    assert entry["problem"] == "" and entry["commit"] == commit, entry
+    assert entry["adapter_config"] == {"peft_type": "LORA", "base_model_name_or_path": "llmops-test/tiny-chat", "r": 8,
+                                       "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    assert entry["weights_bytes"] == os.path.getsize(os.path.join(source, folder(repo), "snapshots", commit,
+                                                                  "adapter_model.safetensors"))

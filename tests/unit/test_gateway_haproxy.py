@@ -101,13 +101,15 @@ def test_clients_need_the_gateway_key(gateway):
 
 def test_models_lists_the_union_of_the_fleet(gateway):
     status, body = call(gateway, "/v1/models")
-    assert status == 200 and [m["id"] for m in body["data"]] == ["tiny-chat", "tiny-chat-b"]
+    assert status == 200 and [m["id"] for m in body["data"]] == ["sql", "tiny-chat", "tiny-chat-b"]
+    # a LoRA adapter with its base model, as vLLM lists it
+    assert body["data"][0]["parent"] == "tiny-chat" and "parent" not in body["data"][1]
 
 
 def test_an_unknown_model_gets_an_openai_404_naming_the_served_models(gateway):
     status, body = call(gateway, "/v1/chat/completions", {"model": 'no"such', "messages": []})
     assert status == 404
-    assert body["error"] == {"message": 'The model `no"such` does not exist. Models served here: tiny-chat, tiny-chat-b.',
+    assert body["error"] == {"message": 'The model `no"such` does not exist. Models served here: sql, tiny-chat, tiny-chat-b.',
                              "type": "NotFoundError", "param": "model", "code": 404}
 
 
@@ -115,6 +117,22 @@ def test_a_served_model_is_routed_to_its_backend(gateway):
     # Nothing listens on the fixture's ports: the model's backend answers 503 (in OpenAI's shape), not the 404.
     status, body = call(gateway, "/v1/chat/completions", {"model": "tiny-chat-b", "messages": []})
     assert status == 503 and body["error"]["code"] == 503
+
+
+def test_an_adapter_is_routed_to_the_servers_that_have_it(gateway):
+    config = (gateway["dir"] / "haproxy.cfg").read_text()
+    sql = config.split("\n# sql\n", 1)[1].split("\n# ", 1)[0]
+    assert "server gpu2:vllm 127.0.0.1:18003" in sql and "gpu1:" not in sql
+    status, body = call(gateway, "/v1/chat/completions", {"model": "sql", "messages": []})
+    assert status == 503 and body["error"]["code"] == 503
+
+
+@pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/adapters", "/adapters/sql",
+                                  "/v1/load%5Flora%5Fadapter", "/%61dapters"])
+def test_lora_admin_endpoints_are_refused_even_with_the_key(gateway, path):
+    status, body = call(gateway, path, {"lora_name": "x", "lora_path": "/tmp", "name": "x", "src": "/tmp", "model": "tiny-chat"})
+    assert status == 403 and body["error"]["type"] == "PermissionDeniedError"
+    assert call(gateway, path, {"model": "tiny-chat"}, key=None)[0] == 403
 
 
 def test_a_body_too_large_to_route_is_refused(gateway):
@@ -140,7 +158,7 @@ def stats_get(gateway, path, user="llmops-stats", password=STATS_PASSWORD):
 def test_the_stats_frontend_serves_prometheus_metrics(gateway):
     status, text = stats_get(gateway, "/metrics")
     assert status == 200
-    assert 'haproxy_server_status{proxy="model0_tiny-chat",server="gpu1:chat-a"' in text
+    assert 'haproxy_server_status{proxy="model1_tiny-chat",server="gpu1:chat-a"' in text
     assert stats_get(gateway, "/stats;csv")[0] == 200
 
 
@@ -159,7 +177,7 @@ def test_the_config_holding_the_stats_password_is_root_only_and_no_output_shows_
 
 @pytest.mark.parametrize("extra, message", [
     (['{"gateway_models": ["tiny-chat", "llama"]}'],
-     "gateway_models asks for llama, but no host of gpu_hosts serves it (served: tiny-chat, tiny-chat-b)"),
+     "gateway_models asks for llama, but no host of gpu_hosts serves it (served: sql, tiny-chat, tiny-chat-b)"),
     (['{"gateway_port": 8404}'], "gateway_port and gateway_stats_port are both 8404"),
     # a group whose hosts set no vLLM variables serves vllm_server's default instance: a group that is not there has none
     (["gateway_backend_group=gpu-hosts"], "no vLLM instance to route to: the group gpu-hosts has no host with instances"),

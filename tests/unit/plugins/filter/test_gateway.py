@@ -216,3 +216,36 @@ def test_a_servers_key_that_would_split_the_key_map_names_its_hosts():
 @pytest.mark.parametrize("key", ["gw-key-0123", 'gw-"quoted"-$(id)', ""])
 def test_keys_any_client_can_send_pass(key):
     assert gateway_key_problems(gateway_backends(["gpu1", "gpu2", "gpu3"], HOSTVARS), key) == []
+
+
+# ---- LoRA adapters (docs/lora.md) --------------------------------------------------------------------
+
+def lora_hostvars(second_base="tiny-chat", second_adapter="sql"):
+    def served(name, base, adapter):
+        return {"name": name, "model": "llmops-test/" + base, "served_model_name": base, "port": 8000,
+                "lora": {"adapters": [{"name": adapter, "path": "/srv/lora/" + adapter}]}}
+    return {"gpu1": {"vllm_server_api_key": "k", "vllm_server_instances": [served("vllm", "tiny-chat", "sql")]},
+            "gpu2": {"vllm_server_api_key": "k", "vllm_server_instances": [served("vllm", second_base, second_adapter)]},
+            "gpu3": {"vllm_server_api_key": "k", "vllm_server_instances": [
+                {"name": "vllm", "model": "llmops-test/tiny-chat", "served_model_name": "tiny-chat", "port": 8000}]}}
+
+
+def test_an_adapter_is_routed_to_the_servers_that_have_it_and_listed_with_its_base():
+    backends = gateway_backends(["gpu1", "gpu2", "gpu3"], lora_hostvars())
+    by_model = dict((b["model"], b) for b in backends)
+    assert sorted(by_model) == ["sql", "tiny-chat"]
+    assert [s["name"] for s in by_model["sql"]["servers"]] == ["gpu1:vllm", "gpu2:vllm"]
+    assert [s["name"] for s in by_model["tiny-chat"]["servers"]] == ["gpu1:vllm", "gpu2:vllm", "gpu3:vllm"]
+    assert gateway_models_list(backends)["data"] == [
+        {"id": "sql", "object": "model", "created": 0, "owned_by": "vllm", "parent": "tiny-chat"},
+        {"id": "tiny-chat", "object": "model", "created": 0, "owned_by": "vllm"}]
+    assert gateway_problems(backends, [], {}, SETTINGS) == []
+
+
+def test_one_adapter_name_on_two_bases_or_as_a_model_name_is_refused():
+    backends = gateway_backends(["gpu1", "gpu2"], lora_hostvars(second_base="tiny-other"))
+    assert ("the LoRA adapter sql is served on different base models (tiny-chat, tiny-other, by gpu1, gpu2)"
+            in " ".join(gateway_problems(backends, [], {}, SETTINGS)))
+    backends = gateway_backends(["gpu1", "gpu2"], lora_hostvars(second_base="sql", second_adapter="other"))
+    assert ("sql is a LoRA adapter's name on some hosts and a served model name on others"
+            in " ".join(gateway_problems(backends, [], {}, SETTINGS)))

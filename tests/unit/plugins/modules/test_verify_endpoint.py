@@ -951,3 +951,36 @@ def test_key_option_is_no_log():
 
     source = open(verify_endpoint.__file__).read()
     assert 'api_key=dict(type="str", no_log=True' in source
+
+
+# ---- LoRA adapters (docs/lora.md) ------------------------------------------------------------------
+
+
+def adapter_routes(parents):
+    routes = ready_routes()
+    routes[("GET", "/v1/models")] = Response(body={"object": "list", "data": [
+        {"id": m, "object": "model", "parent": parent} for m, parent in parents]})
+    return routes
+
+
+def test_each_adapter_is_listed_under_its_base_and_answers_under_its_own_name(run_module, server):
+    fake = server(adapter_routes([("tiny-chat", None), ("sql", "tiny-chat"), ("docs", "tiny-chat")]))
+    kind, result = run_module(mod.main, dict(ARGS, adapters=["sql", "docs"], stream=False))
+    assert kind == "exit", result
+    assert [(a["name"], a["parent"], a["reply"]) for a in result["adapters"]] == [
+        ("sql", "tiny-chat", "Hello there!"), ("docs", "tiny-chat", "Hello there!")]
+    assert [c["body"]["model"] for c in fake.posts()] == ["tiny-chat", "sql", "docs"]
+
+
+def test_an_adapter_the_server_does_not_list_is_named(run_module, server):
+    server(adapter_routes([("tiny-chat", None), ("sql", "tiny-chat")]))
+    kind, result = run_module(mod.main, dict(ARGS, adapters=["sql", "docs"], stream=False))
+    assert kind == "fail"
+    assert result["msg"].startswith("%s does not serve the LoRA adapter 'docs': /v1/models lists tiny-chat, sql." % URL)
+
+
+def test_an_adapter_on_another_base_is_named(run_module, server):
+    server(adapter_routes([("tiny-chat", None), ("other", None), ("sql", "other")]))
+    kind, result = run_module(mod.main, dict(ARGS, adapters=["sql"], stream=False))
+    assert kind == "fail"
+    assert result["msg"].startswith("%s lists the LoRA adapter 'sql' with the parent 'other', not the base model 'tiny-chat'" % URL)
