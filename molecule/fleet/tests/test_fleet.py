@@ -19,6 +19,11 @@ SERVED = {
     "llmops-fleet-gpu2": {8000: "tiny-chat-b"},
     "llmops-fleet-gpu3": {8000: "tiny-chat"},
 }
+# The LoRA adapters the servers list in /v1/models beside their model: (host, port) -> names.
+ADAPTERS = {
+    ("llmops-fleet-gpu1", 8001): ["tiny-chat-sql"],
+    ("llmops-fleet-gpu2", 8000): ["tiny-chat-sql"],
+}
 UPSTREAM = "llmops-registry"
 IMAGE_REPOSITORY, IMAGE_TAG = "vllm/vllm-openai-cpu", "v0.32.0-x86_64"
 
@@ -41,9 +46,12 @@ def fleet_created():
 def test_each_gpu_host_serves_its_instances(name):
     host = fleet_host(name)
     for port, model in SERVED[name].items():
-        result = verify(host, url="http://127.0.0.1:%d" % port, model=model, api_key=TEST_API_KEY, timeout=300)
+        adapters = ADAPTERS.get((name, port), [])
+        result = verify(host, url="http://127.0.0.1:%d" % port, model=model, api_key=TEST_API_KEY, timeout=300,
+                        adapters=adapters)
         assert result["failed"] is False, result.get("msg")
-        assert result["models"] == [model]
+        assert result["models"] == [model] + adapters
+        assert [(a["name"], a["parent"]) for a in result.get("adapters", [])] == [(a, model) for a in adapters]
 
 
 @pytest.mark.parametrize("name", GPU_HOSTS)
@@ -113,10 +121,23 @@ def test_each_model_came_from_the_hub_once_for_the_whole_fleet():
     # node's cache, from which the download took them: no second copy.
     snapshot = os.path.join(hub, "models--llmops-test--tiny-chat", "snapshots", revision)
     small = dict((name, os.path.getsize(os.path.join(snapshot, name))) for name in ("config.json", "generation_config.json"))
-    assert stats["bytes_served"] == model_bytes + sum(small.values()), stats
+    chat_bytes = sum(f["bytes"] for name, f in stats["files"].items() if name.startswith("llmops-test/tiny-chat/"))
+    assert chat_bytes == model_bytes + sum(small.values()), stats
     for name in os.listdir(snapshot):
         served = stats["files"]["llmops-test/tiny-chat/" + name]
         assert served["downloads"] == (2 if name in small else 1), (name, served)
+    # The LoRA adapter gpu1 and gpu2 serve (tests/tooling/tiny-lora's, in .cache/lora/hub): its weights once,
+    # its adapter_config.json at most twice (read by the preflight of the check run and of the converge).
+    lora_hub = os.path.join(root, ".cache", "lora", "hub")
+    adapter_revision, dummy = model_snapshot_bytes(lora_hub, "llmops-test/tiny-chat-sql")
+    adapter = os.path.join(lora_hub, "models--llmops-test--tiny-chat-sql", "snapshots", adapter_revision)
+    weights = stats["files"]["llmops-test/tiny-chat-sql/adapter_model.safetensors"]
+    assert weights == {"downloads": 1, "bytes": os.path.getsize(os.path.join(adapter, "adapter_model.safetensors"))}
+    assert stats["files"]["llmops-test/tiny-chat-sql/adapter_config.json"]["downloads"] in (1, 2), stats
+    # nothing else came from the hub
+    assert sorted(set(name.rsplit("/", 1)[0] for name in stats["files"])) == [
+        "llmops-test/tiny-chat", "llmops-test/tiny-chat-sql"], stats
+    assert stats["bytes_served"] == sum(f["bytes"] for f in stats["files"].values()), stats
     for name in GPU_HOSTS:
         host = fleet_host(name)
         result = host.ansible("llmops.vllm.hf_cache_check", "cache_dir=/data/vllm/models/hub repo_id=llmops-test/tiny-chat",

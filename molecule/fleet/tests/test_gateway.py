@@ -114,6 +114,39 @@ def test_requests_go_to_the_servers_of_their_model_only(gateway):
         assert len([s for s, n in got.items() if n]) >= 2, got
 
 
+def test_a_lora_adapter_of_two_hosts_is_served_through_the_gateway(gateway):
+    """Issue 20: the adapter tiny-chat-sql (tests/tooling/tiny-lora's, fetched once for the fleet from the hub
+    stand-in at its commit) is served on top of tiny-chat-b by gpu1 (its instance's lora block) and gpu2
+    (vllm_server_lora). The gateway lists it with its base as parent, routes its name to those two servers
+    only, both answer under the adapter's name, and the adapter's weights are applied (greedy decoding of one
+    prompt says other words than the base model)."""
+    status, body = gateway.call("/v1/models")
+    assert status == 200
+    listed = dict((m["id"], m) for m in body["data"])
+    assert listed["tiny-chat-sql"].get("parent") == "tiny-chat-b", listed
+    assert listed["tiny-chat-b"].get("parent") is None, listed
+    backend = backend_of(gateway, "tiny-chat-sql")
+    servers = sorted(gateway.backends()[backend])
+    assert servers == ["llmops-fleet-gpu1:vllm-chat-b", "llmops-fleet-gpu2:vllm"], servers
+    before = dict((s, int(gateway.servers()[(backend, s)]["stot"])) for s in servers)
+    prompt = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8, "temperature": 0}
+    replies = set()
+    for _ in range(8):
+        status, answer = gateway.call("/v1/chat/completions", dict(prompt, model="tiny-chat-sql"))
+        assert status == 200 and answer["model"] == "tiny-chat-sql", answer
+        assert answer["choices"][0]["finish_reason"] in ("stop", "length"), answer
+        replies.add(answer["choices"][0]["message"]["content"])
+    got = dict((s, int(gateway.servers()[(backend, s)]["stot"]) - before[s]) for s in servers)
+    assert sum(got.values()) == 8 and all(got.values()), got
+    # both hosts load the same adapter (one commit): one prompt, one greedy reply
+    assert len(replies) == 1, replies
+    status, base = gateway.call("/v1/chat/completions", dict(prompt, model="tiny-chat-b"))
+    assert status == 200 and base["model"] == "tiny-chat-b", base
+    assert base["choices"][0]["message"]["content"] not in replies, (base, replies)
+    # the adapter's name is not a way around the gateway's key
+    assert gateway.call("/v1/chat/completions", dict(prompt, model="tiny-chat-sql"), key="wrong")[0] == 401
+
+
 def test_an_unknown_model_gets_a_404_naming_the_served_models(gateway):
     status, body = gateway.chat("no-such-model")
     assert status == 404

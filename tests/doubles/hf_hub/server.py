@@ -93,18 +93,22 @@ class HubError(Exception):
 
 
 class Store(object):
-    """The models of a cache directory, read on each request (a test may add a model while serving)."""
+    """The models of one or more cache directories, read on each request (a test may add a model while
+    serving). The first directory holding a repository serves it."""
 
-    def __init__(self, root):
-        self.root = root
+    def __init__(self, roots):
+        self.roots = roots
         self._digests = {}
         self._lock = threading.Lock()
 
     def repo_dir(self, repo_id):
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$", repo_id) or "--" in repo_id:
             return None
-        path = os.path.join(self.root, "models--" + repo_id.replace("/", "--"))
-        return path if os.path.isdir(os.path.join(path, "snapshots")) else None
+        for root in self.roots:
+            path = os.path.join(root, "models--" + repo_id.replace("/", "--"))
+            if os.path.isdir(os.path.join(path, "snapshots")):
+                return path
+        return None
 
     def resolve(self, repo_dir, revision):
         """The commit a branch, tag or commit hash names; HubError RevisionNotFound otherwise."""
@@ -481,7 +485,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", required=True, help="the hub cache directory (holding models--org--name)")
+    parser.add_argument("--models", required=True,
+                        help="the hub cache directories (holding models--org--name), separated by ':'")
     parser.add_argument("--port", type=int, default=int(os.environ.get("LLMOPS_HF_HUB_PORT", "5080")))
     parser.add_argument("--config", help="JSON: {\"tokens\": [...], \"gated\": {\"org/name\": [tokens]}}")
     args = parser.parse_args()
@@ -493,7 +498,7 @@ def main():
     # Loopback only: nothing outside this machine may reach the stand-in.
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
-    server.store = Store(os.path.abspath(args.models))
+    server.store = Store([os.path.abspath(root) for root in args.models.split(os.pathsep) if root])
     server.stats = Stats()
     server.config = config
     log.info("serving %s on http://127.0.0.1:%d (gated: %s)", args.models, args.port, sorted(config.get("gated", {})))
