@@ -1,6 +1,7 @@
 """Failures in a fleet run: a host that fails its preflight does not stop the others, the report
 names it and why; llmops_any_errors_fatal and llmops_max_fail_percentage stop the whole run before
-anything changes (issue 22, items 2 and 7).
+anything changes; a failed gateway (the only host of its play) and a host that is gone are in the
+report too (issue 22, items 2 and 7).
 
 Runs after the other fleet tests but test_upgrade.py (file order). The first case's inventory override
 puts gpu3 in the gateway at port 8002, where its health checks hold it down; the test ends by running
@@ -78,3 +79,42 @@ def test_a_host_that_fails_preflight_does_not_stop_the_others(tmp_path):
         # tests after this one (test_upgrade.py drains and enables every host's servers).
         restored = run_playbook("playbooks/gateway.yml")
         assert restored.returncode == 0, restored.output[-3000:]
+
+
+def test_a_gateway_failure_is_in_the_report(tmp_path):
+    """The gateway play's only host fails (a gateway_affinity HAProxy is not given): the run goes on to the
+    monitoring plays and the report, which names the gateway host, the step and the reason, and fails the run;
+    the GPU hosts change nothing and the gateway keeps its configuration (issue 22, item 7)."""
+    config = ["docker", "exec", OPS, "cat", "/etc/haproxy/haproxy.cfg"]
+    before = subprocess.check_output(config, text=True)
+    override = tmp_path / "override.yml"
+    override.write_text(json.dumps({"gateway": {"hosts": {OPS: {"gateway_affinity": "bogus"}}}}))
+    result = run_playbook("site.yml", inventory=os.environ["MOLECULE_INVENTORY_FILE"], extra_args=["-i", str(override)])
+    assert result.returncode != 0, result.output[-3000:]
+    text = " ".join(result.output.split())
+    assert re.search(r"%s: FAILED at '+Validating arguments against arg spec '+main'+ - HAProxy[^:]*': Validation of "
+                     r"arguments failed: value of gateway_affinity must be one of: none, header, user, prefix, got: bogus"
+                     % OPS, text), text[-4000:]
+    assert "PLAY [Report on the fleet]" in result.output
+    assert "%s failed; the report above says where and why." % OPS in text
+    for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", "llmops-fleet-gpu3"):
+        assert "%s: ok" % name in text
+        assert recap(result.output, name)["changed"] == 0, name
+    assert subprocess.check_output(config, text=True) == before
+
+
+def test_a_host_that_is_gone_is_reported_with_its_connection_error(tmp_path):
+    """A GPU host of the inventory that does not exist (its container is not there), run with --limit beside gpu3:
+    gpu3 is served, the report says the other one is unreachable, with the connection's own words, and the run
+    fails (issue 22, item 7)."""
+    gone = "llmops-fleet-gone"
+    override = tmp_path / "override.yml"
+    override.write_text(json.dumps({"gpu_hosts": {"hosts": {gone: {"ansible_connection": "community.docker.docker"}}}}))
+    result = run_playbook("site.yml", inventory=os.environ["MOLECULE_INVENTORY_FILE"],
+                          extra_args=["-i", str(override), "--limit", "%s,llmops-fleet-gpu3" % gone])
+    assert result.returncode != 0, result.output[-3000:]
+    text = " ".join(result.output.split())
+    assert re.search(r"%s: UNREACHABLE \([^)]*No such container: %s" % (gone, gone), text), text[-4000:]
+    assert "llmops-fleet-gpu3: ok" in text
+    counts = recap(result.output, "llmops-fleet-gpu3")
+    assert counts["failed"] == 0 and counts["changed"] == 0, counts
