@@ -14,6 +14,7 @@ import re
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_inventory_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import DEFAULT_HEALTH_PORT
 from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import vllm_secret_problems
 from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _get
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters
@@ -76,6 +77,10 @@ def gateway_backends(hosts, hostvars, vllm_defaults=None):
                 "port": instance.get("port"),
                 "bind_address": str(instance.get("bind_address") or "0.0.0.0"),
                 "api_key": api_key,
+                # a multi-node instance (its head) is checked at its head's node health agent, which answers 200
+                # only while every node is up (docs/multinode.md); others at the server's own /health
+                "check_port": (int(instance.get("health_port") or DEFAULT_HEALTH_PORT)
+                               if instance.get("multinode") else None),
             })
     backends = []
     for index, model in enumerate(sorted(models)):

@@ -72,7 +72,7 @@ def _is_loopback(address):
 
 # The keys of an instance spanning several hosts (docs/multinode.md); llmops.vllm.vllm_multinode_plan reads them.
 MULTINODE_KEYS = ("nodes", "head", "gpus_per_node", "shape", "executor", "cluster_interface", "master_port",
-                  "data_parallel_rpc_port", "ray_port")
+                  "data_parallel_rpc_port", "ray_port", "health_port")
 # The parallel sizes: a multi-node instance gets them on its command line from its plan, never in its config file.
 SIZE_KEYS = ("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size")
 

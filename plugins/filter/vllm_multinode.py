@@ -34,6 +34,9 @@ RAY_PLATFORMS = ("cuda", "rocm", "xpu")
 DEFAULT_MASTER_PORT = 29501
 DEFAULT_DP_RPC_PORT = 29550
 DEFAULT_RAY_PORT = 6379
+# The port of each node's health agent (llmops-vllm-health@, docs/multinode.md): the gateway checks the head's,
+# which answers 200 only while the head's vLLM and every other node's agent do.
+DEFAULT_HEALTH_PORT = 29560
 SIZE_KEYS = ("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size")
 # Options the plan sets per node; an instance gives them through its own fields, never its options.
 CLUSTER_OPTIONS = {
@@ -174,6 +177,7 @@ def _ports(instance):
         "master_port": _int(instance.get("master_port"), DEFAULT_MASTER_PORT),
         "data_parallel_rpc_port": _int(instance.get("data_parallel_rpc_port"), DEFAULT_DP_RPC_PORT),
         "ray_port": _int(instance.get("ray_port"), DEFAULT_RAY_PORT),
+        "health_port": _int(instance.get("health_port"), DEFAULT_HEALTH_PORT),
     }
 
 
@@ -228,8 +232,45 @@ def _ray_start(rank, address, head_address, ports):
             "--node-ip-address=%s" % address]
 
 
+def _local_address(bind_address):
+    """Where a process on the host itself reaches a server bound to bind_address."""
+    if bind_address in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind_address == "::":
+        return "::1"
+    return bind_address
+
+
+def _health(rank, host, name, address, bind_address, port, health_port, addresses):
+    """The node's health agent (roles/vllm_server/files/vllm-node-health): where it listens and what it checks.
+
+    Every node's agent answers GET /health with 200 while the node's container runs. The head's also asks its own
+    vLLM's /health and every other node's agent: the gateway checks the head's agent, so an instance with a node
+    down leaves the gateway within its check interval (a data parallel head keeps answering /health itself and
+    sends some requests to the dead engine, where they hang).
+    """
+    if rank:
+        return {"listen": address, "port": health_port, "container": name, "vllm_health": "", "peers": []}
+    listen = bind_address or "0.0.0.0"
+    local = _local_address(listen)
+    return {"listen": listen, "port": health_port, "container": name,
+            "vllm_health": "http://%s:%s/health" % ("[%s]" % local if ":" in local else local, port),
+            "peers": ["%s:%d" % (addresses[h], health_port) for h in addresses if h != host]}
+
+
 def _listens(shape, executor, head, ports, address):
-    """The fixed cluster ports a node listens on, with what binds them and to which address."""
+    """The fixed cluster ports a node listens on, with what binds them and to which address.
+
+    A worker's health agent is one of them (only the head asks it); the head's agent is not: the gateway asks it,
+    from wherever it reaches the head's API.
+    """
+    if not head:
+        return [{"port": ports["health_port"], "proto": "tcp", "what": "the node's health agent (llmops-vllm-health@)",
+                 "bound_to": address}] + _vllm_listens(shape, executor, head, ports, address)
+    return _vllm_listens(shape, executor, head, ports, address)
+
+
+def _vllm_listens(shape, executor, head, ports, address):
     if executor == "ray":
         if head:
             return [{"port": ports["ray_port"], "proto": "tcp", "what": "Ray GCS (ray start --head --port)",
@@ -411,6 +452,8 @@ def vllm_multinode_plan(instance, node_facts, inventory_hosts, model_config=None
             "vllm_args": _vllm_args(shape, executor, sizes, rank, head_address, ports, ordered, instance),
             "ray_start": _ray_start(rank, address, head_address, ports) if executor == "ray" else [],
             "listens": _listens(shape, executor, rank == 0, ports, address),
+            "health": _health(rank, host, name, address, str(instance.get("bind_address") or ""), instance.get("port"),
+                              ports["health_port"], dict((h, addresses[h]) for h in ordered)),
             # Gloo, NCCL, vLLM's ZMQ queues and Ray's workers also use ports the kernel picks: the firewall
             # accepts the peers' cluster addresses on the cluster interface, not a port list.
             "firewall": {"interface": interface, "accept_from": peers},
@@ -541,6 +584,18 @@ def vllm_multinode_plans(instances, hostvars, host, inventory_hosts, play_hosts,
         plan = vllm_multinode_plan(instance, node_facts, inventory_hosts, configs.get(str(instance.get("model"))))
         plans.append({"name": name, "instance": instance, "plan": plan, "node": vllm_multinode_node(plan, host),
                       "problems": problems + [_on_host(p, name, host) for p in plan["problems"]]})
+    # each node's health agent listens on its instance's health_port: one agent a port on a host
+    by_port = {}
+    for entry in plans:
+        by_port.setdefault(_ports(entry["instance"])["health_port"], []).append(entry["name"])
+    for entry in plans:
+        port = _ports(entry["instance"])["health_port"]
+        others = [n for n in by_port[port] if n != entry["name"]]
+        if others:
+            entry["problems"].append(
+                "Instance %s on %s: its health_port %d is also the health port of %s on this host (default %d). Give each "
+                "multi-node instance of a host its own vllm_server_instances[].health_port."
+                % (entry["name"], host, port, ", ".join(others), DEFAULT_HEALTH_PORT))
     return plans
 
 
@@ -553,7 +608,7 @@ def _on_host(problem, name, host):
 # What every node of an instance must define alike: a node that differs would run another plan.
 SIGNATURE_KEYS = ("name", "model", "served_model_name", "port", "options", "image", "revision", "nodes", "head",
                   "gpus_per_node", "shape", "executor", "cluster_interface", "master_port", "data_parallel_rpc_port",
-                  "ray_port")
+                  "ray_port", "health_port")
 
 
 def vllm_multinode_signatures(instances):

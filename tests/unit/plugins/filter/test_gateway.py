@@ -249,3 +249,17 @@ def test_one_adapter_name_on_two_bases_or_as_a_model_name_is_refused():
     backends = gateway_backends(["gpu1", "gpu2"], lora_hostvars(second_base="sql", second_adapter="other"))
     assert ("sql is a LoRA adapter's name on some hosts and a served model name on others"
             in " ".join(gateway_problems(backends, [], {}, SETTINGS)))
+
+
+def test_a_multinode_instance_is_checked_at_its_head_s_node_health_agent():
+    """docs/multinode.md: a data parallel head keeps answering /health with a worker down, so the gateway checks the
+    head's node health agent (health_port, default 29560), which answers 200 only while every node is up."""
+    instance = {"name": "dp", "model": "/m/tiny", "served_model_name": "tiny-chat", "port": 8000,
+                "nodes": ["gpu1", "gpu2"], "gpus_per_node": 1, "shape": "data"}
+    hostvars = {"gpu1": {"vllm_server_instances": [instance]}, "gpu2": {"vllm_server_instances": [instance]},
+                "gpu3": {"vllm_server_instances": [{"name": "one", "model": "/m/tiny", "served_model_name": "tiny-chat",
+                                                    "port": 8001}]}}
+    servers = gateway_backends(["gpu1", "gpu2", "gpu3"], hostvars)[0]["servers"]
+    assert [(s["name"], s["port"], s["check_port"]) for s in servers] == [("gpu1:dp", 8000, 29560), ("gpu3:one", 8001, None)]
+    hostvars["gpu1"] = hostvars["gpu2"] = {"vllm_server_instances": [dict(instance, health_port=30001)]}
+    assert gateway_backends(["gpu1", "gpu2"], hostvars)[0]["servers"][0]["check_port"] == 30001

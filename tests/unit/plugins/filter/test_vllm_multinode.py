@@ -7,7 +7,7 @@ Qwen2.5-1.5B-Instruct (12 heads, 2 KV heads, 28 layers).
 import pytest
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import (
-    vllm_is_multinode, vllm_multinode_node, vllm_multinode_plan, vllm_node_interfaces)
+    vllm_is_multinode, vllm_multinode_node, vllm_multinode_nftables, vllm_multinode_plan, vllm_node_interfaces)
 
 LLAMA_405B = {"num_attention_heads": 128, "num_key_value_heads": 8, "num_hidden_layers": 126}
 QWEN_1_5B = {"num_attention_heads": 12, "num_key_value_heads": 2, "num_hidden_layers": 28}
@@ -134,11 +134,33 @@ def test_cluster_ports_are_open_only_to_the_peers_on_the_cluster_interface():
     head = vllm_multinode_node(p, "gpu1")
     assert head["firewall"] == {"interface": "ens5", "accept_from": ["10.0.0.2", "10.0.0.3"]}
     assert [(port["port"], port["proto"]) for port in head["listens"]] == [(29501, "tcp")]
-    assert vllm_multinode_node(p, "gpu2")["listens"] == []
+    # a worker listens on no fixed cluster port of vLLM's, only on its health agent's, which the head asks
+    assert [(port["port"], port["bound_to"]) for port in vllm_multinode_node(p, "gpu2")["listens"]] == [(29560, "10.0.0.2")]
     data = plan(instance(shape="data"))
     assert vllm_multinode_node(data, "gpu1")["listens"][0]["port"] == 29550
     assert vllm_multinode_node(data, "gpu1")["listens"][0]["bound_to"] == "10.0.0.1"
     assert all(n["restart_policy"] == "no" and n["network_mode"] == "host" for n in p["nodes"])
+
+
+def test_each_node_gets_a_health_agent_and_the_head_s_asks_every_other_node():
+    """docs/multinode.md: the gateway checks the head's agent, which answers 200 only while the head's vLLM and every
+    other node's agent do; a worker's agent answers for its own container, on its cluster address."""
+    p = plan(instance(nodes=["gpu1", "gpu2", "gpu3"], shape="tensor", gpus_per_node=4, port=8001),
+             facts(("gpu1", "gpu2", "gpu3"), gpus=4), config=QWEN_1_5B)
+    head, worker = vllm_multinode_node(p, "gpu1"), vllm_multinode_node(p, "gpu3")
+    assert head["health"] == {"listen": "0.0.0.0", "port": 29560, "container": "big",
+                              "vllm_health": "http://127.0.0.1:8001/health", "peers": ["10.0.0.2:29560", "10.0.0.3:29560"]}
+    assert worker["health"] == {"listen": "10.0.0.3", "port": 29560, "container": "big", "vllm_health": "", "peers": []}
+    # the head's agent listens where its API does; its own vLLM is asked there too
+    bound = plan(instance(bind_address="10.9.0.1", health_port=30000))
+    assert vllm_multinode_node(bound, "gpu1")["health"]["listen"] == "10.9.0.1"
+    assert vllm_multinode_node(bound, "gpu1")["health"]["vllm_health"].startswith("http://10.9.0.1:")
+    assert vllm_multinode_node(bound, "gpu1")["health"]["peers"] == ["10.0.0.2:30000"]
+    # the worker's agent port is in its firewall's rules; the head's is not (the gateway asks it)
+    rules = vllm_multinode_nftables([{"name": "big", "node": vllm_multinode_node(p, "gpu2")}])
+    assert 'iifname "ens5" ip saddr { 10.0.0.1, 10.0.0.3 } tcp dport 29560 accept' in rules
+    assert "tcp dport 29560 drop" in rules
+    assert "29560" not in vllm_multinode_nftables([{"name": "big", "node": head}])
 
 
 def test_image_is_pinned_to_the_digest_and_config_holds_no_cluster_option():

@@ -6,6 +6,7 @@ node, the pinned image, which instances restart on every node, the firewall rule
 batches and what each host serves.
 """
 
+import re
 import shlex
 
 import pytest
@@ -251,7 +252,9 @@ def test_the_firewall_opens_each_fixed_port_to_the_peers_only():
     assert 'iifname "ens5" ip saddr { 10.0.0.2 } tcp dport 29550 accept\n    tcp dport 29550 drop' in text
     assert text.index("accept\n    tcp dport 29550 drop") > 0
     worker_text = vllm_multinode_nftables(plans(instances, "gpu2"))
-    assert "dport" not in worker_text, "a data parallel worker listens on no fixed port"
+    # a data parallel worker listens on no fixed port of vLLM's; its health agent's is open to the head only
+    assert re.findall(r"dport (\d+)", worker_text) == ["29560", "29560"], worker_text
+    assert 'iifname "ens5" ip saddr { 10.0.0.1 } tcp dport 29560 accept\n    tcp dport 29560 drop' in worker_text
     tensor = resolve([multinode(shape="tensor")])
     assert "tcp dport 29501 drop" in vllm_multinode_nftables(plans(tensor, "gpu1", hostvars_for(tensor)))
 
@@ -387,3 +390,12 @@ def test_a_node_outside_the_inventory_is_named_not_a_templating_error():
     hv = _HostVars(hostvars_for(instances, hosts=("gpu1",)))
     (entry,) = plans(instances, "gpu1", hv=hv, play=("gpu1",))
     assert any("lists node gpu9, which is not in the inventory" in p for p in entry["problems"]), entry["problems"]
+
+
+def test_two_multinode_instances_of_a_host_need_their_own_health_ports():
+    instances = resolve([multinode(), multinode(name="other", port=8001, data_parallel_rpc_port=29551)])
+    text = " ".join(p for entry in plans(instances, "gpu1") for p in entry["problems"])
+    assert "Instance big on gpu1: its health_port 29560 is also the health port of other on this host" in text
+    assert "vllm_server_instances[].health_port" in text
+    instances = resolve([multinode(), multinode(name="other", port=8001, data_parallel_rpc_port=29551, health_port=29561)])
+    assert not any("health_port" in p for entry in plans(instances, "gpu1") for p in entry["problems"])
