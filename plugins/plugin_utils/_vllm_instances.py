@@ -94,6 +94,7 @@ def gpu_count(gpus, available=None):
 
 
 def is_loopback(address):
+    """Whether an instance bound to this address is reachable from its own host only."""
     return address in ("127.0.0.1", "::1", "localhost") or str(address).startswith("127.")
 
 
