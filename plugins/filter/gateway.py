@@ -18,6 +18,7 @@ from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import DEFAUL
 from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import vllm_secret_problems
 from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _get
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_instances import is_loopback
 
 # HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -35,11 +36,6 @@ def _served_names(instance):
     if isinstance(served, (list, tuple)):
         return [str(s) for s in served if str(s)]
     return [str(served)] if served not in (None, "") else []
-
-
-def _is_loopback(address):
-    address = str(address)
-    return address in ("127.0.0.1", "::1", "localhost") or address.startswith("127.")
 
 
 def gateway_backends(hosts, hostvars, vllm_defaults=None):
@@ -135,7 +131,7 @@ def gateway_problems(backends, gateway_hosts, hostvars, settings):
             if not isinstance(server["port"], int) or isinstance(server["port"], bool) or not 0 < server["port"] < 65536:
                 problems.append("instance %s of %s has no valid port (%r): fix its port in vllm_server_instances." % (
                     server["instance"], server["host"], server["port"]))
-            if _is_loopback(server["bind_address"]) and server["host"] not in gateway_hosts:
+            if is_loopback(server["bind_address"]) and server["host"] not in gateway_hosts:
                 problems.append(
                     "instance %s of %s listens on %s only, which the gateway cannot reach: set its bind_address "
                     "(vllm_server_bind_address) to an address the gateway host reaches." % (

@@ -11,6 +11,7 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_device_requests, vllm_inventory_instances
+from ansible_collections.llmops.vllm.plugins.plugin_utils._role_defaults import role_default
 
 
 def _vars_of(hostvars, host):
@@ -105,7 +106,7 @@ def monitoring_scrape_configs(hostvars, settings):
     for h in s.get("gateway_hosts") or []:
         hv = _vars_of(hostvars, h)
         haproxy.append(_static(h, _address(hv, h), _get(hv, "gateway_stats_port", s["gateway_stats_port"])))
-        credentials[h] = (str(_get(hv, "gateway_stats_user", s.get("gateway_stats_user") or "")),
+        credentials[h] = (str(_get(hv, "gateway_stats_user", s.get("gateway_stats_user") or role_default("gateway_stats_user"))),
                           str(_get(hv, "gateway_stats_password", "") or ""))
     if len(set(credentials.values())) > 1:
         raise AnsibleFilterError("the gateway hosts %s do not share gateway_stats_user and gateway_stats_password: Prometheus "
@@ -147,7 +148,8 @@ def monitoring_scrape_configs(hostvars, settings):
 
 
 def _registry_metrics_on_loopback(hv, settings):
-    bind = str(_get(hv, "registry_cache_metrics_bind_address", settings.get("registry_cache_metrics_bind_address") or "127.0.0.1"))
+    bind = str(_get(hv, "registry_cache_metrics_bind_address", settings.get("registry_cache_metrics_bind_address")
+                    or role_default("registry_cache_metrics_bind_address")))
     return bind.startswith("127.") or bind in ("::1", "[::1]", "localhost")
 
 
@@ -158,7 +160,8 @@ def monitoring_unscraped_registry_caches(hostvars, hosts, prometheus_host, setti
     found = []
     for h in hosts or []:
         hv = _vars_of(hostvars, h)
-        port = _get(hv, "registry_cache_metrics_port", s.get("registry_cache_metrics_port", 5001))
+        port = _get(hv, "registry_cache_metrics_port", s["registry_cache_metrics_port"] if s.get("registry_cache_metrics_port") is not None
+                    else role_default("registry_cache_metrics_port"))
         if int(port) and h != prometheus_host and _registry_metrics_on_loopback(hv, s):
             found.append(h)
     return found

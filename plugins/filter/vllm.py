@@ -7,16 +7,25 @@ from __future__ import annotations
 # Filters that turn the collection's vLLM variables into Docker and vLLM settings.
 
 import functools
-import os
 
-import yaml
 from ansible.errors import AnsibleFilterError
-
-from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar
 
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
     INSTANCE_LABEL, MODE_LABEL, NODE_ROLE_LABEL, NODES_LABEL, ContainerSpecError, device_requests)
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters, lora_options
+from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters
+from ansible_collections.llmops.vllm.plugins.plugin_utils import _vllm_instances as resolver
+from ansible_collections.llmops.vllm.plugins.plugin_utils._role_defaults import role_defaults
+
+
+def _filter_error(function):
+    """A resolver function of plugin_utils whose errors are the filter's errors."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except resolver.InstanceError as e:
+            raise AnsibleFilterError(str(e))
+    return wrapper
 
 
 def vllm_device_requests(gpus):
@@ -27,116 +36,25 @@ def vllm_device_requests(gpus):
         raise AnsibleFilterError(str(e))
 
 
-def vllm_gpu_count(gpus, available=None):
-    """How many GPUs a selection gives the container; 'all' counts the host's GPUs when known."""
-    requests = vllm_device_requests(gpus)
-    if not requests:
-        return 0
-    request = requests[0]
-    if "device_ids" in request:
-        return len(request["device_ids"])
-    if request["count"] == -1:
-        return int(available) if available is not None else -1
-    return request["count"]
-
-
-def vllm_cli_key(name):
-    """vLLM's long option name for a config key: underscores become dashes."""
-    return str(name).strip().lstrip("-").replace("_", "-")
-
-
-def vllm_config(options):
-    """Render an options dictionary as vLLM's --config YAML mapping.
-
-    Keys use vLLM's long option names with dashes. Nested dictionaries become JSON strings,
-    which every vLLM release that reads --config understands (older ones turned a YAML mapping
-    into a Python repr, which is not valid JSON).
-    """
-    import json
-
-    if not isinstance(options, dict):
-        raise AnsibleFilterError("vLLM options must be a dictionary, not %s" % type(options).__name__)
-    rendered = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            value = json.dumps(value, sort_keys=True)
-        rendered[vllm_cli_key(key)] = value
-    return rendered
-
-
-def _is_loopback(address):
-    return address in ("127.0.0.1", "::1", "localhost") or str(address).startswith("127.")
-
-
+# An instance's fields, their defaults and how they resolve: plugins/plugin_utils/_vllm_instances.py.
+vllm_gpu_count = _filter_error(resolver.gpu_count)
+vllm_cli_key = resolver.cli_key
+vllm_config = _filter_error(resolver.config_mapping)
+SIZE_KEYS = resolver.SIZE_KEYS
 # The keys of an instance spanning several hosts (docs/multinode.md); llmops.vllm.vllm_multinode_plan reads them.
 MULTINODE_KEYS = ("nodes", "head", "gpus_per_node", "shape", "executor", "cluster_interface", "master_port",
                   "data_parallel_rpc_port", "ray_port", "health_port")
-# The parallel sizes: a multi-node instance gets them on its command line from its plan, never in its config file.
-SIZE_KEYS = ("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size")
 
 
 def vllm_resolve_instances(instances, defaults, gpus_available=None):
-    """Fill each instance of vllm_server_instances in from the role's defaults and derive what follows.
+    """Fill each instance of vllm_server_instances in and derive what follows (plugin_utils/_vllm_instances.py).
 
-    gpus_available is the number of GPUs of the host when known (for gpus: all). An instance with nodes
-    (one spanning several hosts) gets multinode: true and multinode_head (its head's inventory hostname);
-    its sizes come from its plan (llmops.vllm.vllm_multinode_plan), so none is derived or written here.
+    defaults: the role's values of the fields its variables give (bind_address, gpus, options, ...); port and
+    served_model_name default to the instance's own defaults there. gpus_available is the number of GPUs of
+    the host when known (for gpus: all). An instance with nodes (one spanning several hosts) gets multinode:
+    true and multinode_head (its head's inventory hostname).
     """
-    if not isinstance(instances, list):
-        raise AnsibleFilterError("vllm_server_instances must be a list, not %s" % type(instances).__name__)
-    resolved = []
-    for instance in instances:
-        if not isinstance(instance, dict):
-            raise AnsibleFilterError("each entry of vllm_server_instances must be a dictionary, not %r" % (instance,))
-        i = dict(defaults)
-        i.update(instance)
-        name = str(i.get("name", ""))
-        try:
-            port = int(i.get("port"))
-        except (TypeError, ValueError):
-            port = i.get("port")
-        options = dict(i.get("options") or {})
-        gpu_count = vllm_gpu_count(i.get("gpus"), gpus_available)
-        parallel_keys = {vllm_cli_key(k) for k in options}
-        nodes = i.get("nodes")
-        multinode = isinstance(nodes, list) and len(nodes) > 0
-        # One vLLM instance spreads a model over its GPUs with tensor parallelism unless told otherwise.
-        if not multinode and gpu_count > 1 and not parallel_keys & set(SIZE_KEYS):
-            options["tensor_parallel_size"] = gpu_count
-        # A stopped server finishes what it started for this long (vllm_server_shutdown_timeout).
-        shutdown = int(i.get("shutdown_timeout") or 0)
-        if shutdown > 0 and "shutdown-timeout" not in parallel_keys:
-            options["shutdown_timeout"] = shutdown
-        bind = str(i.get("bind_address") or "0.0.0.0")
-        served = i.get("served_model_name") or i.get("model")
-        local_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
-        config_options = dict((k, v) for k, v in options.items() if not (multinode and vllm_cli_key(k) in SIZE_KEYS))
-        # The LoRA adapters (docs/lora.md) become vLLM options of their own, kept apart from the instance's
-        # options so that the preflight can tell a lora block from options that say the same.
-        adapter_options = lora_options(dict(i, served_model_name=served))
-        config_options.update(adapter_options)
-        i.update(
-            name=name,
-            port=port,
-            bind_address=bind,
-            served_model_name=served,
-            options=options,
-            gpu_count=gpu_count,
-            loopback_only=_is_loopback(bind),
-            config=dict([("served-model-name", served)] + sorted(vllm_config(config_options).items())),
-            config_file=name + ".yaml",
-            secrets_file=name + ".env",
-            logging_file=name + ".logging.json",
-            cache_volume=name + "-vllm-cache",
-            local_url="http://%s:%s" % ("[%s]" % local_host if ":" in local_host else local_host, port),
-            multinode=multinode,
-            multinode_head=str(i.get("head") or nodes[0]) if multinode else "",
-            lora_options=adapter_options,
-        )
-        resolved.append(i)
-    return resolved
+    return _filter_error(resolver.resolve)(instances, defaults, gpus_available)
 
 
 def vllm_host_gpus(gpu_info):
@@ -166,27 +84,12 @@ def vllm_instances_served_here(instances, host):
     A worker node of a multi-node instance serves no API; the gateway, verify.yml and the state record
     must not count it.
     """
-    return [i for i in instances or [] if not i.get("multinode") or i.get("multinode_head") == host]
-
-
-# The vllm_server role's defaults, as shipped next to this file in the collection.
-ROLE_DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "roles", "vllm_server",
-                                  "defaults", "main.yml")
-# The defaults vllm_inventory_instances reads for a host whose inventory leaves them unset; plain values
-# in that file (a unit test keeps them so), since no Ansible templating happens on this path.
-INVENTORY_DEFAULT_KEYS = ("vllm_server_container_name", "vllm_server_model", "vllm_server_served_model_name",
-                          "vllm_server_port", "vllm_server_bind_address", "vllm_server_options")
-
-
-@functools.lru_cache(maxsize=1)
-def _role_defaults():
-    with open(ROLE_DEFAULTS_FILE) as f:
-        return yaml.safe_load(f)
+    return resolver.served_here(instances, host)
 
 
 def vllm_role_defaults():
     """vllm_server's defaults/main.yml as data (its Jinja left as text)."""
-    return dict(_role_defaults())
+    return role_defaults("vllm_server")
 
 
 def vllm_inventory_instances(hosts, hostvars, vllm_defaults=None):
@@ -197,44 +100,19 @@ def vllm_inventory_instances(hosts, hostvars, vllm_defaults=None):
     host leaves them out). Role defaults are not in another host's hostvars, so a variable the inventory
     leaves unset takes its value from vllm_defaults (vllm_server's defaults/main.yml unless given), and
     a host without vllm_server_instances gets the one instance the single-instance variables describe,
-    as the role's default list does. Each instance is resolved by vllm_resolve_instances and kept where
+    as the role's default list does. Each instance is resolved as the role resolves it and kept where
     vllm_instances_served_here keeps it (a worker node of a multi-node instance serves none), as the role
     does on the host itself; each result also carries host (its inventory hostname).
     """
-    if not isinstance(hosts, (list, tuple)):
-        raise AnsibleFilterError("vllm_inventory_instances wants a list of hosts, not %s" % type(hosts).__name__)
-    defaults = vllm_role_defaults() if vllm_defaults is None else vllm_defaults
-    if not isinstance(defaults, dict):
-        raise AnsibleFilterError("vllm_defaults must be vllm_server's defaults as a dictionary")
-    found = []
-    for host in hosts:
-        try:
-            known = host in hostvars
-        except TypeError:
-            known = False
-        if not known:
-            raise AnsibleFilterError("%s is listed as a vLLM host but is not in the inventory" % host)
+    return _filter_error(resolver.inventory_instances)(hosts, hostvars, vllm_defaults)
 
-        def var(name, host=host):
-            return hostvar(hostvars, host, name, defaults.get(name))
 
-        instances = hostvar(hostvars, host, "vllm_server_instances")
-        if instances is None:
-            instances = [{"name": var("vllm_server_container_name"), "model": var("vllm_server_model"),
-                          "served_model_name": var("vllm_server_served_model_name"), "port": var("vllm_server_port")}]
-        if not isinstance(instances, (list, tuple)):
-            raise AnsibleFilterError("%s: vllm_server_instances must be a list, not %s" % (host, type(instances).__name__))
-        # the role's _vllm_server_instance_defaults, for what the gateway and Prometheus read
-        instance_defaults = {"served_model_name": "", "port": 8000,
-                             "bind_address": var("vllm_server_bind_address") or "0.0.0.0",
-                             "options": var("vllm_server_options") or {}}
-        try:
-            resolved = vllm_resolve_instances(list(instances), instance_defaults)
-        except AnsibleFilterError as e:
-            raise AnsibleFilterError("%s: vllm_server_instances: %s" % (host, e))
-        for instance in vllm_instances_served_here(resolved, str(host)):
-            found.append(dict(instance, host=str(host)))
-    return found
+def vllm_published_ports(instances, variables=None):
+    """[{port, container}] of each instance that publishes a port on its host, as vllm_server resolves it:
+    the preflight's ports. instances is vllm_server_instances (none where it is unset: then the default
+    instance of the single-instance variables in variables, vllm_server_container_name and vllm_server_port,
+    over vllm_server's defaults)."""
+    return _filter_error(resolver.published_ports)(instances, variables)
 
 
 def _unique(names):
@@ -411,6 +289,7 @@ class FilterModule(object):
             "vllm_found_instances": vllm_found_instances,
             "vllm_instances_served_here": vllm_instances_served_here,
             "vllm_inventory_instances": vllm_inventory_instances,
+            "vllm_published_ports": vllm_published_ports,
             "vllm_dropped_instances": vllm_dropped_instances,
             "vllm_stale_containers": vllm_stale_containers,
             "vllm_downloads": vllm_downloads,

@@ -13,8 +13,9 @@ from ansible.template import Templar
 
 from ansible_collections.llmops.vllm.plugins.filter.gateway import gateway_backends
 from ansible_collections.llmops.vllm.plugins.filter.monitoring import monitoring_scrape_configs
-from ansible_collections.llmops.vllm.plugins.filter.vllm import (
-    INVENTORY_DEFAULT_KEYS, ROLE_DEFAULTS_FILE, vllm_inventory_instances, vllm_role_defaults)
+from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_inventory_instances, vllm_role_defaults
+from ansible_collections.llmops.vllm.plugins.plugin_utils._role_defaults import defaults_file
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_instances import PLAIN_DEFAULTS
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
 with open(os.path.join(ROOT, "roles", "vllm_server", "defaults", "main.yml")) as f:
@@ -67,9 +68,9 @@ def test_role_defaults_fill_in_what_the_inventory_leaves_unset():
 
 def test_the_defaults_it_reads_are_plain_values_of_the_roles_defaults_file():
     # no Ansible templating happens on this path: a templated default would reach the gateway as text
-    assert os.path.samefile(ROLE_DEFAULTS_FILE, os.path.join(ROOT, "roles", "vllm_server", "defaults", "main.yml"))
+    assert os.path.samefile(defaults_file("vllm_server"), os.path.join(ROOT, "roles", "vllm_server", "defaults", "main.yml"))
     assert vllm_role_defaults() == VLLM_DEFAULTS
-    for key in INVENTORY_DEFAULT_KEYS:
+    for key in PLAIN_DEFAULTS:
         assert key in VLLM_DEFAULTS and "{{" not in str(VLLM_DEFAULTS[key]), key
 
 
