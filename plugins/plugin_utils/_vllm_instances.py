@@ -43,8 +43,9 @@ DEFAULT_INSTANCE = {
     "served_model_name": "vllm_server_served_model_name",
     "port": "vllm_server_port",
 }
-# The fields read from another host's inventory (the gateway and Prometheus need no more of them).
-INVENTORY_FIELDS = ("bind_address", "options")
+# The fields read from another host's inventory: the gateway and Prometheus need no more of them (lora: the
+# gateway routes the adapters of vllm_server_lora as it does those of an instance's own lora block).
+INVENTORY_FIELDS = ("bind_address", "options", "lora")
 # The role's defaults read where no Ansible templating happens (another host's inventory, a play without
 # the role): plain values in defaults/main.yml (a unit test keeps them so).
 PLAIN_DEFAULTS = tuple(DEFAULT_INSTANCE.values()) + tuple(ROLE_VARIABLES[f] for f in INVENTORY_FIELDS)

@@ -263,3 +263,20 @@ def test_a_multinode_instance_is_checked_at_its_head_s_node_health_agent():
     assert [(s["name"], s["port"], s["check_port"]) for s in servers] == [("gpu1:dp", 8000, 29560), ("gpu3:one", 8001, None)]
     hostvars["gpu1"] = hostvars["gpu2"] = {"vllm_server_instances": [dict(instance, health_port=30001)]}
     assert gateway_backends(["gpu1", "gpu2"], hostvars)[0]["servers"][0]["check_port"] == 30001
+
+
+def test_the_adapters_of_vllm_server_lora_are_routed_like_an_instance_s_own():
+    """The fleet's inventory (inventories/local-fleet): gpu1 gives its instance a lora block, gpu2 (one instance, the
+    single-instance variables) sets vllm_server_lora; the adapter's backend has both servers (it had gpu1's only
+    when the gateway read the instances without vllm_server_lora)."""
+    adapter = {"adapters": [{"name": "sql", "source": "org/sql", "revision": "a" * 40}]}
+    hostvars = {
+        "gpu1": {"vllm_server_instances": [{"name": "b", "model": "/m/tiny", "served_model_name": "tiny-chat-b",
+                                            "port": 8001, "lora": adapter}]},
+        "gpu2": {"vllm_server_model": "/m/tiny", "vllm_server_served_model_name": "tiny-chat-b",
+                 "vllm_server_lora": adapter},
+        "gpu3": {"vllm_server_model": "/m/tiny", "vllm_server_served_model_name": "tiny-chat"},
+    }
+    by_model = dict((b["model"], b) for b in gateway_backends(["gpu1", "gpu2", "gpu3"], hostvars))
+    assert [s["name"] for s in by_model["sql"]["servers"]] == ["gpu1:b", "gpu2:vllm"]
+    assert by_model["sql"]["parents"] == ["tiny-chat-b"]
