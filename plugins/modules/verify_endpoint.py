@@ -32,6 +32,7 @@ author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
   - llmops.vllm.attributes
+  - llmops.vllm.attributes.read_only
 options:
   url:
     description:
@@ -162,13 +163,6 @@ options:
     description: C(User-Agent) header of the requests.
     type: str
     default: llmops.vllm.verify_endpoint
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 notes:
   - Uses C(ansible.module_utils.urls); the managed host needs no extra Python library.
   - The HTTP options carry the names of C(ansible.builtin.uri)'s. Basic authentication (C(url_username),
