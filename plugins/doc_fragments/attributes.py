@@ -20,3 +20,16 @@ attributes:
       - When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
       - This assumes that the system controlled or queried by the module has not changed in a relevant way.
 """
+
+    # The support levels of a module that only reads: llmops.vllm.attributes.read_only, after llmops.vllm.attributes.
+    READ_ONLY = r"""
+options: {}
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+"""

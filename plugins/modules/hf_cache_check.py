@@ -32,6 +32,7 @@ author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
   - llmops.vllm.attributes
+  - llmops.vllm.attributes.read_only
 options:
   cache_dir:
     description: The hub cache directory (the one holding C(models--<org>--<name>) folders).
@@ -58,14 +59,6 @@ options:
         second per GB); V(false) checks the layout and the sizes only.
     type: bool
     default: true
-attributes:
-  check_mode:
-    support: full
-    details: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 notes:
   - Never reports a change.
 seealso:

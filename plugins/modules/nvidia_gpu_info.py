@@ -26,6 +26,7 @@ author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
   - llmops.vllm.attributes
+  - llmops.vllm.attributes.read_only
 options:
   nvidia_smi:
     description: The nvidia-smi binary. Looked up on C(PATH) when not given.
@@ -44,14 +45,6 @@ options:
     description: Also return the commands run and their raw output (RV(raw)), for recording fixtures.
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-    details: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 notes:
   - Run it with C(become) on hosts where C(/dev/nvidia*) is not readable by the connecting user.
 seealso:

@@ -33,6 +33,7 @@ author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
   - llmops.vllm.attributes
+  - llmops.vllm.attributes.read_only
 options:
   space:
     description: Space needed on the file systems that hold some paths.
@@ -92,14 +93,6 @@ options:
     elements: path
     default: []
     version_added: 0.2.0
-attributes:
-  check_mode:
-    support: full
-    details: Read-only; runs the same in check mode.
-  diff_mode:
-    support: none
-  idempotent:
-    support: full
 """
 
 EXAMPLES = r"""

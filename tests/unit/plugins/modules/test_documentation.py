@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from ansible.module_utils import basic
+from ansible.plugins.loader import fragment_loader
+from ansible.utils.plugin_docs import get_docstring
 
 MODULES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "plugins", "modules")
 MODULES = sorted(f[:-3] for f in os.listdir(MODULES_DIR) if f.endswith(".py") and not f.startswith("_"))
@@ -47,7 +49,19 @@ def test_documentation_parses(name):
     for text in blocks.values():
         yaml.safe_load(text)
     doc = yaml.safe_load(blocks["DOCUMENTATION"])
-    assert doc["module"] == name and doc["attributes"]["check_mode"]["support"]
+    assert doc["module"] == name
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_attributes_have_a_support_level_and_a_description(name):
+    """As ansible-doc shows them: the module's own attributes merged with those of its doc fragments
+    (llmops.vllm.attributes describes them, llmops.vllm.attributes.read_only sets a read-only module's levels)."""
+    doc = get_docstring(os.path.abspath(os.path.join(MODULES_DIR, name + ".py")), fragment_loader,
+                        collection_name="llmops.vllm", is_module=True)[0]
+    assert sorted(doc["attributes"]) == ["check_mode", "diff_mode", "idempotent"]
+    for attribute, value in doc["attributes"].items():
+        assert value.get("support") in ("full", "partial", "none", "N/A"), (attribute, value)
+        assert value.get("description"), attribute
 
 
 def documented_options(name):
@@ -55,10 +69,11 @@ def documented_options(name):
     doc = yaml.safe_load(doc_blocks(name)["DOCUMENTATION"])
     options = dict(doc.get("options") or {})
     for fragment in doc.get("extends_documentation_fragment") or []:
-        namespace, collection, short = fragment.split(".")
+        namespace, collection, short, variable = (fragment.split(".") + ["documentation"])[:4]
         assert (namespace, collection) == ("llmops", "vllm"), fragment
         module = __import__("ansible_collections.llmops.vllm.plugins.doc_fragments." + short, fromlist=["ModuleDocFragment"])
-        for option, value in (yaml.safe_load(module.ModuleDocFragment.DOCUMENTATION).get("options") or {}).items():
+        text = getattr(module.ModuleDocFragment, variable.upper())
+        for option, value in (yaml.safe_load(text).get("options") or {}).items():
             assert option not in options, "%s is documented in %s and in the fragment %s" % (option, name, fragment)
             options[option] = value
     return options

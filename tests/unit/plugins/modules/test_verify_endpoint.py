@@ -15,7 +15,7 @@ from urllib.error import HTTPError, URLError
 
 import pytest
 
-from ansible_collections.llmops.vllm.plugins.module_utils import _openai_endpoint
+from ansible_collections.llmops.vllm.plugins.module_utils import _openai_endpoint, _verify_endpoint
 from ansible_collections.llmops.vllm.plugins.modules import verify_endpoint as mod
 
 KEY = "sk-very-secret-key-123"
@@ -157,8 +157,8 @@ def ready_routes(models=("tiny-chat",), chat=None, stream=None):
 @pytest.fixture
 def clock(monkeypatch):
     c = FakeClock()
-    monkeypatch.setattr(mod.time, "monotonic", c.monotonic)
-    monkeypatch.setattr(mod.time, "sleep", c.sleep)
+    monkeypatch.setattr(_verify_endpoint.time, "monotonic", c.monotonic)
+    monkeypatch.setattr(_verify_endpoint.time, "sleep", c.sleep)
     monkeypatch.setattr(_openai_endpoint.time, "monotonic", c.monotonic)
     return c
 
@@ -306,7 +306,7 @@ def test_waits_through_refused_connections_with_backoff(run_module, server, cloc
     kind, result = run_module(mod.main, dict(ARGS, timeout=60))
     assert kind == "exit", result
     assert clock.sleeps[0] == pytest.approx(0.05)
-    assert max(clock.sleeps) == pytest.approx(mod.Verifier.MAX_INTERVAL)
+    assert max(clock.sleeps) == pytest.approx(_verify_endpoint.Verifier.MAX_INTERVAL)
     assert all(b >= a for a, b in zip(clock.sleeps, clock.sleeps[1:]))
 
 
@@ -321,7 +321,7 @@ def test_readiness_is_noticed_within_a_second(run_module, server, clock, ready_a
     noticed = 1000.0 + result["time_to_ready"]
     assert 0 <= noticed - ready_at < 1.0
     polls = len([c for c in fake.calls if c["path"] == "/health"])
-    assert polls <= ready_after / mod.Verifier.MAX_INTERVAL + 12, "polling must back off, not spin"
+    assert polls <= ready_after / _verify_endpoint.Verifier.MAX_INTERVAL + 12, "polling must back off, not spin"
 
 
 # ---- the server never becomes ready ----------------------------------------------------------------
@@ -663,7 +663,7 @@ def test_only_exceptions_count_as_errors_in_the_log():
         "'/models/does-not-exist'. Use `repo_type` argument if needed.",
         "(EngineCore_DP0 pid=24) ERROR 11-24 22:18:39 [core.py:1510] ValueError: Bfloat16 is only supported on GPUs",
     ]
-    assert mod.error_lines(log) == [
+    assert _verify_endpoint.error_lines(log) == [
         "huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' or 'namespace/repo_name': "
         "'/models/does-not-exist'. Use `repo_type` argument if needed.",
         "ValueError: Bfloat16 is only supported on GPUs",
@@ -742,7 +742,7 @@ class GrowingLog(object):
             self.entries.append((self.WALL0 + offset, when.strftime("%Y-%m-%dT%H:%M:%S.") + "%09dZ" % (when.microsecond * 1000), line))
         monkeypatch.setattr(mod.AnsibleModule, "get_bin_path", lambda self_, name, *a, **k: "/usr/bin/docker")
         monkeypatch.setattr(mod.AnsibleModule, "run_command", lambda self_, args, **kw: self.run(args))
-        monkeypatch.setattr(mod.time, "time", self.wall)
+        monkeypatch.setattr(_verify_endpoint.time, "time", self.wall)
 
     def wall(self):
         return self.WALL0 + self.clock.now - 1000.0
