@@ -8,7 +8,7 @@ from __future__ import annotations
 # lists its nodes, the facts of those nodes and the model's config.json, the plan of every node
 # (role, rank, vLLM's arguments, environment, cluster ports, start order) and the problems the
 # preflight must refuse. The vllm_server role calls them (tasks/preflight-multinode.yml,
-# run-multinode.yml, firewall-multinode.yml); docs/multinode.md says what is proven and what is not.
+# run-multinode.yml, firewall-multinode.yml); docs/testing.md says what is proven, docs/multinode.md what is not.
 #
 # Every vLLM flag and default below was checked against vLLM 0.32.0 (the test image's
 # vllm/engine/arg_utils.py, vllm/config/parallel.py, vllm/entrypoints/cli/serve.py) and vLLM's
@@ -224,7 +224,7 @@ def _ray_start(rank, address, head_address, ports):
     """`ray start` of a node, as examples/ray_serving/run_cluster.sh runs it.
 
     A worker's Ray stays in the foreground (--block) as its container's process; the head's returns once
-    Ray runs, so that the head's container goes on to `vllm serve` (docs/multinode.md).
+    Ray runs, so that the head's container goes on to `vllm serve` (docs/multinode-design.md, "Order").
     """
     if rank == 0:
         return ["ray", "start", "--head", "--node-ip-address=%s" % address, "--port=%d" % ports["ray_port"]]

@@ -269,10 +269,10 @@ def test_each_node_runs_a_health_agent_and_the_gateway_checks_the_head_s(converg
 
 def test_a_killed_worker_takes_the_instance_out_of_the_gateway_and_the_next_run_brings_it_back(converged, inventory):
     """Issue 22, item 6: a data parallel head whose worker died keeps answering /health and sends some requests to
-    the dead engine, where they hang (docs/multinode.md). Its node health agent fails once the worker's container
-    is gone, so the gateway takes the instance out within its check interval: under a load through the gateway, no
-    request started after that hangs or fails (SOLO serves them); the next run restarts the instance and the
-    gateway takes it back."""
+    the dead engine, where they hang (docs/multinode-design.md, "Restart semantics"). Its node health agent fails
+    once the worker's container is gone, so the gateway takes the instance out within its check interval: under a
+    load through the gateway, no request started after that hangs or fails (SOLO serves them); the next run restarts
+    the instance and the gateway takes it back."""
     gateway = Gateway(address(HEAD))
     backend = [b for b in gateway.backends() if b.endswith("_tiny-chat")][0]
     head_server, solo_server = "%s:%s" % (HEAD, INSTANCE), "%s:tiny-solo" % WORKER
@@ -288,7 +288,7 @@ def test_a_killed_worker_takes_the_instance_out_of_the_gateway_and_the_next_run_
     time.sleep(40)
     summary = load.wait(stop=True)
     events = list(load.events)
-    # What vLLM does by itself is recorded, not asserted (docs/multinode.md, "Restart semantics").
+    # What vLLM does by itself is recorded, not asserted (docs/multinode-design.md, "Restart semantics").
     head_state = inspect(HEAD)["State"]
     print("the instance was out of the gateway %.1f s after the worker was killed; the head is %s (health %s)"
           % (out_after, head_state["Status"], (head_state.get("Health") or {}).get("Status")))

@@ -15,7 +15,7 @@ cpu does not support ray": the refusal the role's preflight names before anythin
 tests). With no worker, the head's script gives up after its wait, naming the cause and showing
 `ray status` with the head alone.
 
-What is not proven here: vLLM serving over Ray on GPUs (docs/multinode.md, "Proven here and not").
+What is not proven here: vLLM serving over Ray on GPUs (docs/multinode.md, "Limits").
 """
 
 import os

@@ -252,7 +252,7 @@ def test_one_adapter_name_on_two_bases_or_as_a_model_name_is_refused():
 
 
 def test_a_multinode_instance_is_checked_at_its_head_s_node_health_agent():
-    """docs/multinode.md: a data parallel head keeps answering /health with a worker down, so the gateway checks the
+    """docs/multinode-design.md: a data parallel head keeps answering /health with a worker down, so the gateway checks the
     head's node health agent (health_port, default 29560), which answers 200 only while every node is up."""
     instance = {"name": "dp", "model": "/m/tiny", "served_model_name": "tiny-chat", "port": 8000,
                 "nodes": ["gpu1", "gpu2"], "gpus_per_node": 1, "shape": "data"}

@@ -288,7 +288,7 @@ def test_the_examples_of_docs_multinode_are_what_the_plan_renders():
     import re
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..")
-    with open(os.path.join(root, "docs", "multinode.md")) as f:
+    with open(os.path.join(root, "docs", "multinode-design.md")) as f:
         documented = set(re.sub(r"\s+", " ", line).strip() for line in f)
     two = dict((h, {"interfaces": {"ens5": "10.0.0.%d" % (11 + i)}, "gpus": 8, "platform": "cuda"})
                for i, h in enumerate(("gpu-01", "gpu-02")))
@@ -305,6 +305,6 @@ def test_the_examples_of_docs_multinode_are_what_the_plan_renders():
                 lines.append("%s %s: vllm serve MODEL --config %s %s" % (node["host"], node["role"], p["config_path"],
                                                                        " ".join(node["vllm_args"])))
             for line in lines:
-                assert line in documented, "docs/multinode.md lacks: " + line
+                assert line in documented, "docs/multinode-design.md lacks: " + line
                 checked += 1
     assert checked == 7

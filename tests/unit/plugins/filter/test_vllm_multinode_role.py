@@ -322,9 +322,9 @@ def test_the_firewall_example_of_docs_multinode_is_what_the_filter_renders():
     import os
     import re
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
-    with open(os.path.join(root, "docs", "multinode.md")) as f:
+    with open(os.path.join(root, "docs", "multinode-design.md")) as f:
         doc = f.read()
-    block = re.search(r"```text\n(  table inet llmops_vllm_cluster \{.*?)```", doc, re.S).group(1)
+    block = re.search(r"```text\n( *table inet llmops_vllm_cluster \{.*?)```", doc, re.S).group(1)
     instances = resolve([multinode(name="llama405b", nodes=["gpu-01", "gpu-02"], gpus_per_node=8, shape="data")])
     hv = {"gpu-01": {"vllm_server_node_facts": {"interfaces": {"ens5": "10.0.0.11"}, "gpus": 8, "platform": "cuda",
                                                  "instances": vllm_multinode_signatures(instances)}},
