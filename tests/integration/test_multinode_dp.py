@@ -282,6 +282,9 @@ def test_a_killed_worker_takes_the_instance_out_of_the_gateway_and_the_next_run_
     load = Load(gateway.base_url, TEST_GATEWAY_KEY, ["tiny-chat"], concurrency=2, count=100000, seconds=600,
                 max_tokens=8, timeout=30).start()
     time.sleep(15)
+    state = inspect(WORKER)["State"]
+    assert state["Running"], "the worker died before the test killed it: %s; its log ends: %s" % (
+        state, docker("exec", WORKER, "sh", "-c", "docker logs --tail 30 %s 2>&1" % INSTANCE, check=False))
     killed = time.monotonic() - load.started
     host_docker(WORKER, "kill", INSTANCE)
     out_after = gateway.wait_status(backend, head_server, "DOWN", 60)
