@@ -118,6 +118,9 @@ def standins():
                "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
                "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", "/var/lib/docker",
                "--tmpfs", "/run", "--tmpfs", "/run/lock", "--shm-size", "1g", SYSTEMD_IMAGE, "/lib/systemd/systemd")
+    # systemd's boot cleans /tmp, where Ansible puts its modules: a play that starts before the boot ends can lose one
+    for name in (HEAD, WORKER):
+        docker("exec", name, "systemctl", "is-system-running", "--wait", check=False, timeout=300)
     yield {"head": HEAD, "worker": WORKER}
     for name in (HEAD, WORKER):
         docker("rm", "-f", "-v", name, check=False, timeout=300)
