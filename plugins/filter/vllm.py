@@ -10,7 +10,7 @@ import functools
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_container import (
     INSTANCE_LABEL, MODE_LABEL, NODE_ROLE_LABEL, NODES_LABEL, ContainerSpecError, device_requests)
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters
 from ansible_collections.llmops.vllm.plugins.plugin_utils import _vllm_instances as resolver

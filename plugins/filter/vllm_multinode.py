@@ -19,8 +19,8 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_cli_key, vllm_config
-from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _hostvar
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
+from ansible_collections.llmops.vllm.plugins.plugin_utils._hostvars import hostvar as _hostvar
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_container import (
     CONTAINER_CONFIGS_DIR, _image_repository, pinned_image)
 
 SHAPES = ("data", "tensor", "pipeline")

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances
-from ansible_collections.llmops.vllm.plugins.module_utils import _vllm_container
+from ansible_collections.llmops.vllm.plugins.plugin_utils import _vllm_container
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TASKS = os.path.join(ROOT, "roles", "vllm_server", "tasks")

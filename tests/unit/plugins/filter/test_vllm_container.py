@@ -141,7 +141,7 @@ def test_the_entrypoint_wrapper_fails_closed_without_the_secrets_file(tmp_path):
 
 def test_a_shutdown_timeout_gives_docker_a_longer_stop_and_vllm_the_option():
     from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances
-    from ansible_collections.llmops.vllm.plugins.module_utils import _vllm_container as spec
+    from ansible_collections.llmops.vllm.plugins.plugin_utils import _vllm_container as spec
 
     defaults = {"served_model_name": "", "port": 8000, "bind_address": "0.0.0.0", "gpus": "none", "options": {},
                 "env": {}, "image": "vllm/vllm-openai:v0.32.0", "download": False, "shutdown_timeout": 60}
