@@ -13,7 +13,7 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_inventory_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_inventory_instances
 from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import DEFAULT_HEALTH_PORT
 from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import vllm_secret_problems
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_cli_key, vllm_config
+from ansible_collections.llmops.vllm.plugins.filter.vllm_options import vllm_cli_key, vllm_config
 from ansible_collections.llmops.vllm.plugins.plugin_utils._hostvars import hostvar as _hostvar
 from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_container import (
     CONTAINER_CONFIGS_DIR, _image_repository, pinned_image)

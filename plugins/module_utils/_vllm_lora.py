@@ -6,10 +6,10 @@
 #
 # The LoRA adapters of one vLLM instance (its `lora` block, docs/lora.md), specified once: the vLLM
 # options they become, where each adapter is found on the host and inside the container, the mounts
-# and the environment of vLLM's filesystem resolver. vllm_resolve_instances (plugins/filter/vllm.py)
-# resolves the block, container_args() (plugins/plugin_utils/_vllm_container.py) mounts and exports
-# what it says, and the preflight (plugins/filter/vllm_lora.py) judges it against each adapter's
-# adapter_config.json.
+# and the environment of vLLM's filesystem resolver. The instance resolver
+# (plugins/plugin_utils/_vllm_instances.py) resolves the block, container_args()
+# (plugins/plugin_utils/_vllm_container.py) mounts and exports what it says, and the preflight
+# (plugins/filter/vllm_lora.py) judges it against each adapter's adapter_config.json.
 # Standard library only.
 
 from __future__ import annotations
