@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar
+from ansible_collections.llmops.vllm.plugins.plugin_utils._hostvars import hostvar
 
 DOCKER_HUB = "docker.io"
 # The registry_cache role's defaults, for hosts whose inventory does not set them (role defaults

@@ -13,11 +13,11 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_inventory_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_inventory_instances
 from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import DEFAULT_HEALTH_PORT
 from ansible_collections.llmops.vllm.plugins.filter.vllm_preflight import vllm_secret_problems
-from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _get
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import adapters as lora_adapters
+from ansible_collections.llmops.vllm.plugins.plugin_utils._hostvars import hostvar as _get
 from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_instances import is_loopback
 
 # HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_device_requests, vllm_inventory_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_device_requests, vllm_inventory_instances
 from ansible_collections.llmops.vllm.plugins.plugin_utils._role_defaults import role_default
 
 

@@ -4,14 +4,14 @@
 
 from __future__ import annotations
 
-# The container of one vLLM instance, specified once (plugins/module_utils/_vllm_container.py):
+# The container of one vLLM instance, specified once (plugins/plugin_utils/_vllm_container.py):
 # vllm_container gives the community.docker.docker_container arguments (container mode),
 # vllm_compose_service / vllm_compose_project the compose service derived from them (compose mode),
 # vllm_download_container the one-off container that fetches a model.
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_container import (
     ContainerSpecError, compose_project, compose_service, container_args, download_args, log_file,
     multinode_container_args)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_cli_key
+from ansible_collections.llmops.vllm.plugins.filter.vllm_options import vllm_cli_key
 from ansible_collections.llmops.vllm.plugins.module_utils._hf_config import model_entries
 
 GIB = 1024.0 ** 3

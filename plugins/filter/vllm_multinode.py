@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_cli_key, vllm_config
-from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar as _hostvar
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import (
+from ansible_collections.llmops.vllm.plugins.filter.vllm_options import vllm_cli_key, vllm_config
+from ansible_collections.llmops.vllm.plugins.plugin_utils._hostvars import hostvar as _hostvar
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_container import (
     CONTAINER_CONFIGS_DIR, _image_repository, pinned_image)
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_instances import SIZE_KEYS
 
 SHAPES = ("data", "tensor", "pipeline")
 EXECUTORS = ("mp", "ray")
@@ -37,7 +38,6 @@ DEFAULT_RAY_PORT = 6379
 # The port of each node's health agent (llmops-vllm-health@, docs/multinode.md): the gateway checks the head's,
 # which answers 200 only while the head's vLLM and every other node's agent do.
 DEFAULT_HEALTH_PORT = 29560
-SIZE_KEYS = ("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size")
 # Options the plan sets per node; an instance gives them through its own fields, never its options.
 CLUSTER_OPTIONS = {
     "nnodes": "the instance's nodes",

@@ -6,9 +6,10 @@
 #
 # The LoRA adapters of one vLLM instance (its `lora` block, docs/lora.md), specified once: the vLLM
 # options they become, where each adapter is found on the host and inside the container, the mounts
-# and the environment of vLLM's filesystem resolver. vllm_resolve_instances (plugins/filter/vllm.py)
-# resolves the block, container_args() (_vllm_container.py) mounts and exports what it says, and the
-# preflight (plugins/filter/vllm_lora.py) judges it against each adapter's adapter_config.json.
+# and the environment of vLLM's filesystem resolver. The instance resolver
+# (plugins/plugin_utils/_vllm_instances.py) resolves the block, container_args()
+# (plugins/plugin_utils/_vllm_container.py) mounts and exports what it says, and the preflight
+# (plugins/filter/vllm_lora.py) judges it against each adapter's adapter_config.json.
 # Standard library only.
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import re
 CONTAINER_LORA_DIR = "/var/lib/llmops-lora"
 CONTAINER_STATIC_DIR = CONTAINER_LORA_DIR + "/static"
 CONTAINER_RUNTIME_DIR = CONTAINER_LORA_DIR + "/runtime"
-# The Hugging Face home inside the container (_vllm_container.CONTAINER_HF_HOME): a hub adapter
-# fetched like a model lands in its hub/ cache.
+# The Hugging Face home inside the container (CONTAINER_HF_HOME of plugin_utils/_vllm_container.py):
+# a hub adapter fetched like a model lands in its hub/ cache.
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
 
 # vLLM 0.32.0's vllm/config/lora.py: MaxLoRARanks, and max_lora_rank's default.

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 
-from ansible_collections.llmops.vllm.plugins.module_utils._hostvars import hostvar
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import ContainerSpecError, device_requests
 from ansible_collections.llmops.vllm.plugins.module_utils._vllm_lora import lora_options
+from ansible_collections.llmops.vllm.plugins.plugin_utils._hostvars import hostvar
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_container import ContainerSpecError, device_requests
 from ansible_collections.llmops.vllm.plugins.plugin_utils._role_defaults import role_defaults
 
 # An instance's own defaults. The port an instance without one publishes is 8000, vLLM's own port (the

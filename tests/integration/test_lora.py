@@ -29,9 +29,9 @@ from vllm_testbed import API_KEY, MODELS, ROOT, ModuleRun, VllmContainer, docker
 
 sys.path.insert(0, os.path.join(ROOT, "collections"))
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances  # noqa: E402
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_resolve_instances  # noqa: E402
 from ansible_collections.llmops.vllm.plugins.filter.vllm_lora import vllm_lora_paths, vllm_lora_problems  # noqa: E402
-from ansible_collections.llmops.vllm.plugins.module_utils._vllm_container import container_args  # noqa: E402
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_container import container_args  # noqa: E402
 from ansible_collections.llmops.vllm.plugins.modules.serving_host_info import adapter_dir  # noqa: E402
 
 ADAPTERS = os.path.abspath(os.environ.get("LLMOPS_IT_ADAPTERS", os.path.join(ROOT, ".cache", "lora")))

@@ -30,7 +30,7 @@ from vllm_testbed import MODELS, PREFIX, ROOT, docker
 
 sys.path.insert(0, os.path.join(ROOT, "collections"))
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances  # noqa: E402
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_resolve_instances  # noqa: E402
 from ansible_collections.llmops.vllm.plugins.filter.vllm_container import vllm_multinode_container  # noqa: E402
 from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import (  # noqa: E402
     vllm_multinode_plans, vllm_multinode_signatures)

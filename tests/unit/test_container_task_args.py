@@ -21,8 +21,8 @@ import re
 import pytest
 import yaml
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances
-from ansible_collections.llmops.vllm.plugins.module_utils import _vllm_container
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_resolve_instances
+from ansible_collections.llmops.vllm.plugins.plugin_utils import _vllm_container
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TASKS = os.path.join(ROOT, "roles", "vllm_server", "tasks")

@@ -1,7 +1,8 @@
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_config, vllm_device_requests, vllm_gpu_count
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_device_requests, vllm_gpu_count
+from ansible_collections.llmops.vllm.plugins.filter.vllm_options import vllm_config
 
 GPU = [["gpu"]]
 

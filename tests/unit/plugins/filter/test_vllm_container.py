@@ -4,7 +4,7 @@ and the compose service derived from them (compose mode)."""
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_resolve_instances
 from ansible_collections.llmops.vllm.plugins.filter.vllm_container import FilterModule
 
 FILTERS = FilterModule().filters()
@@ -140,8 +140,8 @@ def test_the_entrypoint_wrapper_fails_closed_without_the_secrets_file(tmp_path):
 
 
 def test_a_shutdown_timeout_gives_docker_a_longer_stop_and_vllm_the_option():
-    from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances
-    from ansible_collections.llmops.vllm.plugins.module_utils import _vllm_container as spec
+    from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_resolve_instances
+    from ansible_collections.llmops.vllm.plugins.plugin_utils import _vllm_container as spec
 
     defaults = {"served_model_name": "", "port": 8000, "bind_address": "0.0.0.0", "gpus": "none", "options": {},
                 "env": {}, "image": "vllm/vllm-openai:v0.32.0", "download": False, "shutdown_timeout": 60}

@@ -1,7 +1,8 @@
 """What the vllm_server role reads from the host: its GPUs, the instances it finds, the models to fetch."""
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import (
-    vllm_downloads, vllm_dropped_instances, vllm_found_instances, vllm_host_gpus, vllm_stale_containers)
+from ansible_collections.llmops.vllm.plugins.filter.vllm_downloads import vllm_downloads
+from ansible_collections.llmops.vllm.plugins.filter.vllm_state import (
+    vllm_dropped_instances, vllm_found_instances, vllm_host_gpus, vllm_stale_containers)
 
 
 def test_host_gpus_from_nvidia_gpu_info():

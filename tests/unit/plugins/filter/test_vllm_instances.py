@@ -1,9 +1,9 @@
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import (
-    vllm_image_version, vllm_instance_state, vllm_pick_option_spec,
-    vllm_resolve_instances)
+from ansible_collections.llmops.vllm.plugins.filter.vllm_images import vllm_image_version, vllm_pick_option_spec
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_resolve_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_state import vllm_instance_state
 from ansible_collections.llmops.vllm.plugins.filter.vllm_fit import vllm_fit_problem, vllm_parameter_count
 
 DEFAULTS = {"served_model_name": "", "port": 8000, "bind_address": "0.0.0.0", "gpus": "all", "options": {},

@@ -13,7 +13,7 @@ from ansible.template import Templar
 
 from ansible_collections.llmops.vllm.plugins.filter.gateway import gateway_backends
 from ansible_collections.llmops.vllm.plugins.filter.monitoring import monitoring_scrape_configs
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_inventory_instances, vllm_role_defaults
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_inventory_instances, vllm_role_defaults
 from ansible_collections.llmops.vllm.plugins.plugin_utils._role_defaults import defaults_file
 from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_instances import PLAIN_DEFAULTS
 

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_downloads, vllm_instance_state, vllm_resolve_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_downloads import vllm_downloads
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_resolve_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_state import vllm_instance_state
 from ansible_collections.llmops.vllm.plugins.filter.vllm_container import FilterModule as ContainerFilters
 from ansible_collections.llmops.vllm.plugins.filter.vllm_lora import (
     vllm_lora_paths, vllm_lora_problems, vllm_lora_runtime_dirs)

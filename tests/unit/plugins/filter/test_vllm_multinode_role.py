@@ -11,8 +11,9 @@ import shlex
 
 import pytest
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import (
-    vllm_found_instances, vllm_instance_state, vllm_instances_served_here, vllm_resolve_instances)
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import (
+    vllm_instances_served_here, vllm_resolve_instances)
+from ansible_collections.llmops.vllm.plugins.filter.vllm_state import vllm_found_instances, vllm_instance_state
 from ansible_collections.llmops.vllm.plugins.filter.vllm_container import vllm_container, vllm_multinode_container
 from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import (
     vllm_image_pin, vllm_multinode_nftables, vllm_multinode_pinned_image, vllm_multinode_plans,

@@ -6,7 +6,7 @@ import os
 import pytest
 import yaml
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_option_problems
+from ansible_collections.llmops.vllm.plugins.filter.vllm_options import vllm_option_problems
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
 with open(os.path.join(ROOT, "roles", "vllm_server", "defaults", "main.yml")) as f:

@@ -1,6 +1,6 @@
 """The endpoints playbooks/verify.yml checks and the fleet report it prints and writes."""
 
-from ansible_collections.llmops.vllm.plugins.filter.vllm import vllm_resolve_instances
+from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import vllm_resolve_instances
 from ansible_collections.llmops.vllm.plugins.filter.vllm_verify import (
     vllm_endpoints, vllm_endpoints_at, vllm_fleet_rows, vllm_verify_rows, vllm_verify_table)
 

@@ -2,8 +2,8 @@
 # Copyright: llmops.vllm contributors
 # Apache License 2.0 (see LICENSE)
 #
-# This module_utils is PRIVATE to the collection. It can change without notice
-# and must not be used by anything outside llmops.vllm.
+# PRIVATE to the collection: it can change without notice and must not be used by anything outside
+# llmops.vllm.
 #
 # Reading another host's variables through Ansible's hostvars from a filter: the one way the
 # fleet, gateway and multi-node filters do it.
