@@ -102,9 +102,9 @@ def test_a_gateway_failure_and_a_host_that_is_gone_are_in_the_report(tmp_path):
     assert result.returncode != 0, result.output[-3000:]
     text = " ".join(result.output.split())
     assert "PLAY [Report on the fleet]" in result.output, text[-4000:]
-    assert re.search(r"%s: FAILED at '+Validating arguments against arg spec '+main'+ - HAProxy[^:]*': Validation of "
-                     r"arguments failed: value of gateway_affinity must be one of: none, header, user, prefix, got: bogus"
-                     % OPS, text), text[-4000:]
+    assert re.search(r"%s: FAILED at '+Validating arguments against arg spec '+main'+ - HAProxy in front of the fleet'+s "
+                     r"vLLM instances: [^']*'+: Validation of arguments failed: value of gateway_affinity must be one of: "
+                     r"none, header, user, prefix, got: bogus" % OPS, text), text[-4000:]
     assert re.search(r"%s: UNREACHABLE \([^)]*No such container: %s" % (gone, gone), text), text[-4000:]
     assert re.search(r"(%s|%s), (%s|%s) failed; the report above says where and why." % (OPS, gone, OPS, gone), text)
     for name in ("llmops-fleet-gpu1", "llmops-fleet-gpu2", "llmops-fleet-gpu3"):
