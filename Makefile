@@ -87,7 +87,7 @@ sanity: deps
 integration: testbed
 	$(BIN)/python -m pytest -v -p no:cacheprovider --durations=0 tests/integration
 
-# The multi-node end-to-end test (about 11 minutes): left out of `make integration` while `make test` is over
+# The multi-node end-to-end test (11 minutes before the gateway and its health check joined it; 35 beside the fleet scenario since): left out of `make integration` while `make test` is over
 # its time budget (issue 23); .ci/run runs it after `make test` when the CI run has the time.
 integration-multinode: testbed
 	LLMOPS_IT_MULTINODE=1 $(BIN)/python -m pytest -v -p no:cacheprovider --durations=0 tests/integration/test_multinode_dp.py

@@ -41,9 +41,9 @@ from vllm_testbed import BIN, PREFIX, ROOT, docker
 sys.path.insert(0, os.path.join(ROOT, "molecule", "resources", "tests"))
 from llmops_gateway import TEST_GATEWAY_KEY, TEST_STATS_PASSWORD, Gateway, Load  # noqa: E402
 
-# About 11 minutes (two host stand-ins converged by site.yml, two vLLM engines, four converges): `make test`
-# would pass CI's 90 minutes with it (issue 23), so it runs in `make integration-multinode`, which .ci/run
-# calls after `make test` while the run has the time (docs/testing.md).
+# About 11 minutes before the gateway joined, 35 beside the fleet scenario since (two host stand-ins converged
+# by site.yml, three vLLM engines, four converges): `make test` would pass CI's 90 minutes with it (issue 23),
+# so it runs in `make integration-multinode`, which .ci/run calls after `make test` while the run has the time (docs/testing.md).
 pytestmark = pytest.mark.skipif(os.environ.get("LLMOPS_IT_MULTINODE") != "1",
                                 reason="the multi-node end-to-end test runs in make integration-multinode")
 
