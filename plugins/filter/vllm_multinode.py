@@ -22,7 +22,7 @@ from ansible_collections.llmops.vllm.plugins.filter.vllm_options import vllm_cli
 from ansible_collections.llmops.vllm.plugins.plugin_utils._hostvars import hostvar as _hostvar
 from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_container import (
     CONTAINER_CONFIGS_DIR, _image_repository, pinned_image)
-from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_instances import SIZE_KEYS
+from ansible_collections.llmops.vllm.plugins.plugin_utils._vllm_instances import SIZE_KEYS, local_url
 
 SHAPES = ("data", "tensor", "pipeline")
 EXECUTORS = ("mp", "ray")
@@ -232,15 +232,6 @@ def _ray_start(rank, address, head_address, ports):
             "--node-ip-address=%s" % address]
 
 
-def _local_address(bind_address):
-    """Where a process on the host itself reaches a server bound to bind_address."""
-    if bind_address in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if bind_address == "::":
-        return "::1"
-    return bind_address
-
-
 def _health(rank, host, name, address, bind_address, port, health_port, addresses):
     """The node's health agent (roles/vllm_server/files/vllm-node-health): where it listens and what it checks.
 
@@ -251,10 +242,8 @@ def _health(rank, host, name, address, bind_address, port, health_port, addresse
     """
     if rank:
         return {"listen": address, "port": health_port, "container": name, "vllm_health": "", "peers": []}
-    listen = bind_address or "0.0.0.0"
-    local = _local_address(listen)
-    return {"listen": listen, "port": health_port, "container": name,
-            "vllm_health": "http://%s:%s/health" % ("[%s]" % local if ":" in local else local, port),
+    return {"listen": bind_address or "0.0.0.0", "port": health_port, "container": name,
+            "vllm_health": local_url(bind_address, port) + "/health",
             "peers": ["%s:%d" % (addresses[h], health_port) for h in addresses if h != host]}
 
 

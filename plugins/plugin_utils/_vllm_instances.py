@@ -99,6 +99,13 @@ def is_loopback(address):
     return address in ("127.0.0.1", "::1", "localhost") or str(address).startswith("127.")
 
 
+def local_url(bind_address, port):
+    """Where a process on the host itself reaches a server bound to bind_address (all addresses: loopback)."""
+    bind = str(bind_address or "0.0.0.0")
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+    return "http://%s:%s" % ("[%s]" % host if ":" in host else host, port)
+
+
 def resolve(instances, settings, gpus_available=None):
     """Each instance filled in from FIELD_DEFAULTS under settings (the fields of ROLE_VARIABLES, as the role's
     variables give them) and what follows from it: tensor parallelism, config, file names, local URL.
@@ -134,7 +141,6 @@ def resolve(instances, settings, gpus_available=None):
             options["shutdown_timeout"] = shutdown
         bind = str(i.get("bind_address") or "0.0.0.0")
         served = i.get("served_model_name") or i.get("model")
-        local_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
         config_options = dict((k, v) for k, v in options.items() if not (multinode and cli_key(k) in SIZE_KEYS))
         # The LoRA adapters (docs/lora.md) become vLLM options of their own, kept apart from the instance's
         # options so that the preflight can tell a lora block from options that say the same.
@@ -153,7 +159,7 @@ def resolve(instances, settings, gpus_available=None):
             secrets_file=name + ".env",
             logging_file=name + ".logging.json",
             cache_volume=name + "-vllm-cache",
-            local_url="http://%s:%s" % ("[%s]" % local_host if ":" in local_host else local_host, port),
+            local_url=local_url(bind, port),
             multinode=multinode,
             multinode_head=str(i.get("head") or nodes[0]) if multinode else "",
             lora_options=adapter_options,
