@@ -2,11 +2,14 @@
 """A bounded load of real OpenAI-client requests: a fixed number of workers send streaming and
 non-streaming chat completions, each read to its end (a finish_reason, and the usage of the whole reply,
 streamed replies too) until COUNT requests were sent or SECONDS passed, then print what
-was sent, what failed and the p50/p99 latency. Only for the test hosts of this repository
+was sent, what failed and the p50/p99 latency. With RATE, the requests start on a fixed schedule
+(RATE a second, the workers the most in flight) instead of each worker sending its next at once: a
+paced load leaves the test machine's CPU to what the test watches (a vLLM restart during an upgrade)
+while requests keep arriving through all of it; the largest gap between two starts is in the summary. Only for the test hosts of this repository
 (loopback or the llmops-test docker network).
 
     python3 tests/load/openai_load.py --base-url http://127.0.0.1:8080/v1 --api-key KEY \\
-        --model tiny-chat --concurrency 8 --count 200 --seconds 120 [--json out.json]
+        --model tiny-chat --concurrency 8 --count 200 --seconds 120 [--rate 2] [--json out.json]
 """
 
 import argparse
@@ -39,10 +42,11 @@ class Load(object):
     """Runs the workers in threads; start() returns at once, wait() joins them and returns the summary."""
 
     def __init__(self, base_url, api_key, models, concurrency=4, count=100, seconds=60.0, max_tokens=16,
-                 stream_every=2, timeout=120.0):
+                 stream_every=2, timeout=120.0, rate=None):
         self.base_url, self.api_key, self.models = base_url, api_key, list(models)
         self.concurrency, self.count, self.seconds = concurrency, count, seconds
         self.max_tokens, self.stream_every, self.timeout = max_tokens, stream_every, timeout
+        self.rate = rate
         self.lock = threading.Lock()
         self.sent = 0
         self.in_flight = 0
@@ -57,10 +61,20 @@ class Load(object):
         with self.lock:
             if self.stop.is_set() or self.sent >= self.count or time.monotonic() - self.started > self.seconds:
                 return None
+            if self.rate and self.sent / float(self.rate) >= self.seconds:
+                return None  # its start would come after the load's end
             number = self.sent
             self.sent += 1
             self.in_flight += 1
-            return number
+        if self.rate:
+            # request N starts N/RATE seconds after the start, or as soon as a worker is free when all were busy
+            delay = self.started + number / float(self.rate) - time.monotonic()
+            if delay > 0 and self.stop.wait(delay):
+                with self.lock:  # stopped while it waited: not sent
+                    self.sent -= 1
+                    self.in_flight -= 1
+                return None
+        return number
 
     def _one(self, client, number):
         model = self.models[number % len(self.models)]
@@ -127,13 +141,18 @@ class Load(object):
             thread.join(self.seconds + self.timeout + 10)
         return self.summary()
 
+    def max_gap(self):
+        """The longest time, in seconds, between two request starts (and from the load's start to the first)."""
+        starts = sorted([0.0] + [event[0] for event in self.events])
+        return max([b - a for a, b in zip(starts, starts[1:])] or [0.0])
+
     def summary(self):
         with self.lock:
             elapsed = time.monotonic() - self.started
             return {"sent": self.sent, "failed": len(self.failures), "ok": len(self.latencies),
                     "p50_s": percentile(self.latencies, 50), "p99_s": percentile(self.latencies, 99),
                     "seconds": round(elapsed, 2), "requests_per_s": round(len(self.latencies) / elapsed, 3) if elapsed else 0,
-                    "failures": self.failures[:20]}
+                    "max_gap_s": round(self.max_gap(), 2), "failures": self.failures[:20]}
 
 
 def main(argv=None):
@@ -146,10 +165,11 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=60.0, help="stop sending after this long")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--stream-every", type=int, default=2, help="every Nth request streams (0: none)")
+    parser.add_argument("--rate", type=float, help="start this many requests a second (default: each worker at once)")
     parser.add_argument("--json", help="also write the summary to this file")
     args = parser.parse_args(argv)
     load = Load(args.base_url, args.api_key, args.model, args.concurrency, args.count, args.seconds,
-                args.max_tokens, args.stream_every).start()
+                args.max_tokens, args.stream_every, rate=args.rate).start()
     summary = load.wait()
     p50 = "%.3f s" % summary["p50_s"] if summary["p50_s"] is not None else "-"
     p99 = "%.3f s" % summary["p99_s"] if summary["p99_s"] is not None else "-"

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from llmops_gateway import TEST_GATEWAY_KEY, Gateway, Load
+from llmops_gateway import PACED_LOAD, PACED_LOAD_MAX_GAP_S, TEST_GATEWAY_KEY, Gateway, Load
 from llmops_testlib import TEST_API_KEY, outer_address, recap, run_playbook
 
 GATEWAY_HOST = "llmops-fleet-ops"
@@ -204,8 +204,7 @@ def test_a_killed_backend_under_load_loses_at_most_its_in_flight_requests(gatewa
 # it, so the tests after this one need no restore run. The rolling upgrade of every host (which does
 # change the fleet's settings) runs last of all, in test_upgrade.py.
 def test_a_bad_tag_is_rolled_back_under_load_and_loses_no_request(gateway):
-    load = Load(gateway.base_url, TEST_GATEWAY_KEY, list(served(gateway)), concurrency=4, count=100000, seconds=1800,
-                max_tokens=32).start()
+    load = Load(gateway.base_url, TEST_GATEWAY_KEY, list(served(gateway)), max_tokens=32, **PACED_LOAD).start()
     result = run_playbook("playbooks/upgrade.yml", {"vllm_server_image": BROKEN})
     summary = load.wait(stop=True)
     print("bad tag under load: %s" % summary)
@@ -214,6 +213,7 @@ def test_a_bad_tag_is_rolled_back_under_load_and_loses_no_request(gateway):
     assert "The upgrade stopped at %s:" % GPU_HOSTS[0] in text and "were put back" in text
     assert summary["failed"] == 0, summary["failures"]
     assert summary["ok"] > 0
+    assert summary["max_gap_s"] <= PACED_LOAD_MAX_GAP_S, summary
     # the rolled-back host is back in the gateway once its checks pass
     for backend, server in gateway.servers():
         gateway.wait_status(backend, server, "UP", 60)

@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.parse
 
-from llmops_gateway import TEST_GATEWAY_KEY, Gateway, Load
+from llmops_gateway import PACED_LOAD, PACED_LOAD_MAX_GAP_S, TEST_GATEWAY_KEY, Gateway, Load
 from llmops_testlib import recap, run_playbook
 
 OPS = "llmops-fleet-ops"
@@ -55,8 +55,7 @@ def test_a_limited_site_run_under_load_keeps_every_backend_and_target(host):
 
     started = time.monotonic()
     # every reply read to its end: finish_reason and usage (streams with include_usage), checked by the load
-    load = Load(gateway.base_url, TEST_GATEWAY_KEY, models, concurrency=4, count=100000, seconds=1800,
-                max_tokens=16).start()
+    load = Load(gateway.base_url, TEST_GATEWAY_KEY, models, max_tokens=16, **PACED_LOAD).start()
     result = run_playbook("site.yml", extra_args=["--limit", "%s,%s" % (ONE_GPU_HOST, OPS)])
     # a few seconds more of load on the gateway as the run left it
     time.sleep(5)
@@ -70,6 +69,7 @@ def test_a_limited_site_run_under_load_keeps_every_backend_and_target(host):
     assert fleet_view(host, gateway) == before
     assert summary["failed"] == 0, summary["failures"]
     assert summary["ok"] > 0
+    assert summary["max_gap_s"] <= PACED_LOAD_MAX_GAP_S, summary
     # every model answered during the run, not only the one of the limited host
     answered = set(model for _, _, ok, model, _ in load.events if ok)
     assert answered == set(models), answered

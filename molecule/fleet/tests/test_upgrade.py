@@ -4,7 +4,7 @@ other fleet test (this file sorts last) and leaves the fleet so: the scenario's 
 
 import time
 
-from llmops_gateway import TEST_GATEWAY_KEY, Gateway, Load
+from llmops_gateway import PACED_LOAD, PACED_LOAD_MAX_GAP_S, TEST_GATEWAY_KEY, Gateway, Load
 from llmops_testlib import recap, run_playbook
 
 from test_gateway import GATEWAY_HOST, GPU_HOSTS, docker_address, served, upgraded_env
@@ -25,8 +25,7 @@ def test_a_rolling_upgrade_under_load_loses_no_request():
     hosts = set(s.split(":")[0] for names in served(gateway).values() for s in names)
     assert hosts == set(GPU_HOSTS), served(gateway)
 
-    load = Load(gateway.base_url, TEST_GATEWAY_KEY, list(served(gateway)), concurrency=4, count=100000, seconds=1800,
-                max_tokens=32).start()
+    load = Load(gateway.base_url, TEST_GATEWAY_KEY, list(served(gateway)), max_tokens=32, **PACED_LOAD).start()
     result = run_playbook("playbooks/upgrade.yml", {"vllm_server_env": upgraded_env("1")})
     summary = load.wait(stop=True)
     print("rolling upgrade under load: %s" % summary)
@@ -37,6 +36,7 @@ def test_a_rolling_upgrade_under_load_loses_no_request():
     assert "Drain this host's servers and wait for their requests to finish" in result.output
     assert summary["failed"] == 0, summary["failures"]
     assert summary["ok"] > 0
+    assert summary["max_gap_s"] <= PACED_LOAD_MAX_GAP_S, summary
     # every server is back once its checks pass
     for backend, server in gateway.servers():
         gateway.wait_status(backend, server, "UP", 60)

@@ -17,6 +17,14 @@ from openai_load import Load  # noqa: E402,F401  (re-exported for the tests)
 TEST_GATEWAY_KEY = "llmops-test-gateway-key"  # the fleet's gateway_api_key: not a secret, throwaway test hosts
 # The fleet's gateway_stats_user / gateway_stats_password (inventories/local-fleet): the statistics page
 # and HAProxy's Prometheus exporter answer 401 without them.
+# The load under which the fleet's upgrades and partial runs must lose no request: paced, 2 requests a second
+# with up to 8 in flight (tests/load/openai_load.py), so that the 2-core test machine keeps the CPU for the vLLM
+# restarts the test watches, while requests keep arriving through every drain and restart. A closed loop of 4
+# workers kept the CPU busy and made each restart several times slower (docs/testing.md).
+PACED_LOAD = {"concurrency": 8, "rate": 2.0, "count": 100000, "seconds": 1800}
+# The longest a paced load may go without starting a request: longer means every worker hung on a reply.
+PACED_LOAD_MAX_GAP_S = 30
+
 TEST_STATS_USER = "llmops-stats"
 TEST_STATS_PASSWORD = "llmops-test-stats-password"
 
