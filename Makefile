@@ -23,7 +23,7 @@ TOOLING := tests/tooling
 VLLM_VERSION := $(shell sed -n 's/^vllm_server_version: *//p' roles/vllm_server/defaults/main.yml)
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration integration-multinode bench bench-fleet bench-gateway bench-routing molecule ee test
+.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration integration-tests integration-multinode bench bench-fleet bench-gateway bench-routing molecule ee test
 
 help:
 	@echo "make demo       serve the tiny test model on a local throwaway host through site.yml"
@@ -85,6 +85,10 @@ sanity: deps
 # The testbed, not only the images: the multi-node test converges two host stand-ins that pull the
 # vLLM image through the registry mirror.
 integration: testbed
+	$(MAKE) --no-print-directory integration-tests
+
+# The same without the testbed's check (make test's lanes run it once before them).
+integration-tests:
 	$(BIN)/python -m pytest -v -p no:cacheprovider --durations=0 tests/integration
 
 # The multi-node end-to-end test (11 minutes before the gateway and its health check joined it; 35 beside the fleet scenario since): left out of `make integration` while `make test` is over
@@ -125,9 +129,11 @@ molecule: testbed
 ee: testbed
 	$(TOOLING)/ee all
 
-# The molecule scenarios and the execution environment's test share the two lanes (ee last in the second).
-test: lint unit sanity integration
-	$(TOOLING)/lanes "$(lane_fleet)" "$(lane_others) ee"
+# Everything in the two lanes, once the testbed is up: the fleet scenario alone in the first (the longest); the
+# static checks first in the second (a broken lint shows in minutes), then the other scenarios, the EE's test and
+# the integration tests. (They ran one after the other before the lanes, 15 minutes before any scenario started.)
+test: deps testbed
+	$(TOOLING)/lanes "$(lane_fleet)" "static $(lane_others) ee integration"
 
 clean: demo-down
 	$(TOOLING)/ee down
