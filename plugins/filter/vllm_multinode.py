@@ -16,6 +16,8 @@ from __future__ import annotations
 # examples/ray_serving/run_cluster.sh); tests/integration/test_multinode_args.py parses the
 # rendered arguments with vLLM's own parser.
 
+import ipaddress
+
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.vllm_options import vllm_cli_key, vllm_config
@@ -620,27 +622,87 @@ def vllm_multinode_restarts(plans, hostvars, down_fact="vllm_server_multinode_do
 NFT_TABLE = "llmops_vllm_cluster"
 
 
-def vllm_multinode_nftables(plans):
+def vllm_resolved_addresses(registered, loop_var="item"):
+    """{name: [address, ...]} from an ansible.builtin.getent (database ahosts, fail_key false) task looped over names:
+    every IPv4 and IPv6 address each name resolved to on this host, sorted; [] for a name that did not resolve.
+    IPv6 link-local addresses are left out (fe80::/10 means nothing without its interface)."""
+    found = {}
+    for result in (registered or {}).get("results") or []:
+        if result.get("skipped"):
+            continue
+        name = str(result.get(loop_var))
+        table = ((result.get("ansible_facts") or {}).get("getent_ahosts") or {})
+        addresses = []
+        for key in table:
+            try:
+                address = ipaddress.ip_address(str(key))
+            except ValueError:
+                continue
+            if address.version == 6 and address.is_link_local:
+                continue
+            if str(address) not in addresses:
+                addresses.append(str(address))
+        found[name] = sorted(addresses, key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
+    return found
+
+
+def _split_families(addresses):
+    """(IPv4 addresses, IPv6 addresses) of addresses, each once, sorted."""
+    parsed = []
+    for text in addresses or []:
+        try:
+            address = ipaddress.ip_address(str(text).strip())
+        except ValueError:
+            raise AnsibleFilterError("%r is not an IP address (a gateway host's, as this host resolved it)" % (text,))
+        if address not in parsed:
+            parsed.append(address)
+    return ([str(a) for a in sorted(a for a in parsed if a.version == 4)],
+            [str(a) for a in sorted(a for a in parsed if a.version == 6)])
+
+
+def vllm_multinode_nftables(plans, gateways=None):
     """The nftables rule set of this host's nodes: each fixed cluster port it listens on is accepted from the
     instance's other nodes on the cluster interface (and from the host itself) and dropped from anywhere else.
 
+    A head's health agent (the port the gateway checks) is accepted from the instance's other nodes on the
+    cluster interface, from the gateway hosts (gateways: {name: [address, ...]} as this host resolved them, or a
+    list of addresses; on any interface: the gateway reaches the head where its API is) and from the host itself,
+    and dropped from anywhere else (issue 22: nothing but the key-protected API answers strangers).
     The kernel-chosen ports (Gloo, NCCL, vLLM's ZMQ queues, Ray's workers) are not covered: see docs/multinode.md.
     The table is replaced as a whole when nft reads the file (table; delete table; table {...}).
     """
+    if isinstance(gateways, dict):
+        gateway_addresses = [a for name in sorted(gateways) for a in gateways[name] or []]
+    else:
+        gateway_addresses = list(gateways or [])
+    gateway4, gateway6 = _split_families(gateway_addresses)
     rules = []
     for entry in plans or []:
         node = entry.get("node") or {}
         firewall = node.get("firewall") or {}
+        peers = firewall.get("accept_from") or []
         for listen in node.get("listens") or []:
             port = int(listen["port"])
             rules.append("    # %s: %s" % (entry["name"], listen["what"]))
-            peers = firewall.get("accept_from") or []
             if peers:
                 rules.append('    iifname "%s" ip saddr { %s } tcp dport %d accept'
                              % (firewall["interface"], ", ".join(peers), port))
             rules.append("    tcp dport %d drop" % port)
+        health = node.get("health") or {}
+        if node.get("role") == "head" and health.get("port"):
+            port = int(health["port"])
+            rules.append("    # %s: the head's health agent (llmops-vllm-health@), checked by the gateway" % entry["name"])
+            if peers:
+                rules.append('    iifname "%s" ip saddr { %s } tcp dport %d accept'
+                             % (firewall["interface"], ", ".join(peers), port))
+            if gateway4:
+                rules.append("    ip saddr { %s } tcp dport %d accept" % (", ".join(gateway4), port))
+            if gateway6:
+                rules.append("    ip6 saddr { %s } tcp dport %d accept" % (", ".join(gateway6), port))
+            rules.append("    tcp dport %d drop" % port)
     lines = ["# Managed by Ansible (llmops.vllm.vllm_server): the fixed cluster ports of the multi-node vLLM instances",
-             "# of this host, open to their other nodes on the cluster interface only (docs/multinode.md).",
+             "# of this host, open to their other nodes on the cluster interface only, and a head's health agent to",
+             "# its nodes and the gateway hosts (docs/multinode.md).",
              "table inet %s" % NFT_TABLE,
              "delete table inet %s" % NFT_TABLE,
              "table inet %s {" % NFT_TABLE,
@@ -648,6 +710,11 @@ def vllm_multinode_nftables(plans):
              "    type filter hook input priority filter - 10; policy accept;",
              '    iifname "lo" accept'] + rules + ["  }", "}"]
     return "\n".join(lines) + "\n"
+
+
+def vllm_multinode_heads(plans):
+    """Names of the instances of which this host is the head (its health agent is the one the gateway checks)."""
+    return [entry["name"] for entry in plans or [] if (entry.get("node") or {}).get("role") == "head"]
 
 
 def vllm_upgrade_batches(hosts, hostvars, serial=1, instances_var="vllm_server_instances"):
@@ -761,5 +828,7 @@ class FilterModule(object):
             "vllm_multinode_signatures": vllm_multinode_signatures,
             "vllm_multinode_restarts": vllm_multinode_restarts,
             "vllm_multinode_nftables": vllm_multinode_nftables,
+            "vllm_multinode_heads": vllm_multinode_heads,
+            "vllm_resolved_addresses": vllm_resolved_addresses,
             "vllm_upgrade_batches": vllm_upgrade_batches,
         }

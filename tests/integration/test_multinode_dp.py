@@ -15,6 +15,8 @@ Checked, in order (one module-scoped converge, so the steps share it):
      connection from this machine (not a node) and lets the worker through;
   4. a second run changes nothing;
   4b. upgrade.yml with a changed instance env: one batch of both nodes, both restarted with it, both engines serve;
+  4c. the head's node health agent (the port the gateway checks) answers the worker and the gateway's host and
+     drops a container that is neither (one of this test's on the same network, which the head's API answers);
   5. the worker's container killed under a load through the gateway (on the head's stand-in, beside a
      single-node instance of the same model on the worker's): the head's node health agent takes the instance
      out within the gateway's check interval, no request started after that hangs or fails, and the next run
@@ -268,6 +270,32 @@ def test_each_node_runs_a_health_agent_and_the_gateway_checks_the_head_s(converg
     config = docker("exec", HEAD, "cat", "/etc/haproxy/haproxy.cfg")
     assert re.search(r"server %s:%s \S+:8000 port %d$" % (HEAD, INSTANCE, HEALTH_PORT), config, re.M), config
     assert re.search(r"server %s:tiny-solo \S+:8001$" % WORKER, config, re.M), config
+
+
+@pytest.fixture
+def stranger():
+    """A container on the stand-ins' network that is neither a node nor a gateway host."""
+    name = PREFIX + "mn-stranger"
+    docker("rm", "-f", name, check=False)
+    docker("run", "-d", "--name", name, "--network", NETWORK, "--entrypoint", "sleep", SYSTEMD_IMAGE, "600")
+    yield name
+    docker("rm", "-f", name, check=False)
+
+
+def test_the_head_s_health_agent_answers_the_nodes_and_the_gateway_only(converged, stranger):
+    """Issue 22, item 5: the head's agent listens on the head's bind address (0.0.0.0 here), and the cluster
+    firewall admits the instance's nodes and the gateway hosts (the gateway group, resolved on the head) only."""
+    head = address(HEAD)
+    rules = docker("exec", HEAD, "nft", "list", "table", "inet", "llmops_vllm_cluster")
+    # the gateway's host (the head's stand-in) as the head resolved its inventory name, on any interface
+    assert re.search(r"^\s*ip saddr (\{ )?%s( \})? tcp dport %d accept$" % (re.escape(head), HEALTH_PORT), rules, re.M), rules
+    assert re.search(r"^\s*tcp dport %d drop$" % HEALTH_PORT, rules, re.M), rules
+    assert health_agent(HEAD) == (200, "ok"), "the gateway's host must get an answer"
+    assert _connect(WORKER, head, HEALTH_PORT) == "open", "a node of the instance must get an answer"
+    # the stranger reaches the head's key-protected API, and nothing back from its agent
+    assert _connect(stranger, head, 8000) == "open"
+    assert _connect(stranger, head, HEALTH_PORT) == "timeout"
+    assert _connect(None, head, HEALTH_PORT) == "timeout", "a host that is neither a node nor a gateway gets nothing back"
 
 
 def test_a_killed_worker_takes_the_instance_out_of_the_gateway_and_the_next_run_brings_it_back(converged, inventory):

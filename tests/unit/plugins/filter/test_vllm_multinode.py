@@ -156,11 +156,14 @@ def test_each_node_gets_a_health_agent_and_the_head_s_asks_every_other_node():
     assert vllm_multinode_node(bound, "gpu1")["health"]["listen"] == "10.9.0.1"
     assert vllm_multinode_node(bound, "gpu1")["health"]["vllm_health"].startswith("http://10.9.0.1:")
     assert vllm_multinode_node(bound, "gpu1")["health"]["peers"] == ["10.0.0.2:30000"]
-    # the worker's agent port is in its firewall's rules; the head's is not (the gateway asks it)
+    # the worker's agent port is in its firewall's rules (the head asks it); the head's admits its nodes and
+    # the gateway hosts (test_the_head_s_health_agent_admits_its_nodes_and_the_gateway_hosts_only)
     rules = vllm_multinode_nftables([{"name": "big", "node": vllm_multinode_node(p, "gpu2")}])
     assert 'iifname "ens5" ip saddr { 10.0.0.1, 10.0.0.3 } tcp dport 29560 accept' in rules
     assert "tcp dport 29560 drop" in rules
-    assert "29560" not in vllm_multinode_nftables([{"name": "big", "node": head}])
+    head_rules = vllm_multinode_nftables([{"name": "big", "node": head}], {"gw1": ["192.0.2.50"]})
+    assert 'iifname "ens5" ip saddr { 10.0.0.2, 10.0.0.3 } tcp dport 29560 accept' in head_rules
+    assert "ip saddr { 192.0.2.50 } tcp dport 29560 accept\n    tcp dport 29560 drop" in head_rules
 
 
 def test_image_is_pinned_to_the_digest_and_config_holds_no_cluster_option():

@@ -16,8 +16,8 @@ from ansible_collections.llmops.vllm.plugins.filter.vllm_instances import (
 from ansible_collections.llmops.vllm.plugins.filter.vllm_state import vllm_found_instances, vllm_instance_state
 from ansible_collections.llmops.vllm.plugins.filter.vllm_container import vllm_container, vllm_multinode_container
 from ansible_collections.llmops.vllm.plugins.filter.vllm_multinode import (
-    vllm_image_pin, vllm_multinode_nftables, vllm_multinode_pinned_image, vllm_multinode_plans,
-    vllm_multinode_restarts, vllm_multinode_signatures, vllm_upgrade_batches)
+    vllm_image_pin, vllm_multinode_heads, vllm_multinode_nftables, vllm_multinode_pinned_image, vllm_multinode_plans,
+    vllm_multinode_restarts, vllm_multinode_signatures, vllm_resolved_addresses, vllm_upgrade_batches)
 
 IMAGE = "vllm/vllm-openai:v0.32.0"
 DIGEST = "sha256:" + "d" * 64
@@ -260,6 +260,74 @@ def test_the_firewall_opens_each_fixed_port_to_the_peers_only():
     assert "tcp dport 29501 drop" in vllm_multinode_nftables(plans(tensor, "gpu1", hostvars_for(tensor)))
 
 
+def _admitted(text, port):
+    """{"iif ens5": [...], "any": [...]}: the sources each accept rule of port admits, by where it applies, and
+    whether anything else is dropped after them."""
+    admitted = {}
+    for iif, family, sources in re.findall(r'^    (?:iifname "(\S+)" )?(ip6?) saddr \{ ([^}]*) \} tcp dport %d accept$'
+                                           % port, text, re.M):
+        key = "iif " + iif if iif else "any"
+        admitted.setdefault(key, []).extend(s.strip() for s in sources.split(","))
+    return admitted, bool(re.search(r"^    tcp dport %d drop$" % port, text, re.M))
+
+
+def test_the_head_s_health_agent_admits_its_nodes_and_the_gateway_hosts_only():
+    """Issue 22, item 5: the head's health agent (the port the gateway checks) answers the instance's other nodes
+    on the cluster interface and the gateway hosts' addresses as the head resolved them (any interface: the
+    gateway reaches the head where its API is), loopback, and nobody else."""
+    instances = resolve([multinode(nodes=["gpu1", "gpu2", "gpu3"])])
+    hv = hostvars_for(instances, hosts=("gpu1", "gpu2", "gpu3"))
+    entries = plans(instances, "gpu1", hv, play=("gpu1", "gpu2", "gpu3"))
+    assert vllm_multinode_heads(entries) == ["big"]
+    gateways = {"gw1": ["192.0.2.50", "2001:db8::50"], "gw2": ["198.51.100.7"]}
+    text = vllm_multinode_nftables(entries, gateways)
+    admitted, dropped = _admitted(text, 29560)
+    assert admitted == {"iif ens5": ["10.0.0.2", "10.0.0.3"], "any": ["192.0.2.50", "198.51.100.7", "2001:db8::50"]}, text
+    assert dropped, text
+    assert text.index('iifname "lo" accept') < text.index("tcp dport 29560 drop")
+    # the rules of the agent come before its drop, and the drop is the last word on the port
+    assert text.rindex("dport 29560 accept") < text.index("tcp dport 29560 drop")
+    # the instance's fixed cluster port is still the nodes' only: no gateway address on it
+    cluster, cluster_dropped = _admitted(text, 29550)
+    assert cluster == {"iif ens5": ["10.0.0.2", "10.0.0.3"]} and cluster_dropped, text
+    # a second instance headed here, on its own health port, admits the same gateways
+    two = resolve([multinode(), multinode(name="other", port=8001, health_port=29561)])
+    both = vllm_multinode_nftables(plans(two, "gpu1", hostvars_for(two)), gateways)
+    assert _admitted(both, 29561)[0]["any"] == ["192.0.2.50", "198.51.100.7", "2001:db8::50"], both
+
+
+def test_without_a_gateway_group_the_head_s_agent_admits_its_nodes_only():
+    instances = resolve([multinode()])
+    entries = plans(instances, "gpu1", hostvars_for(instances))
+    for gateways in (None, {}, {"gw1": []}, []):
+        admitted, dropped = _admitted(vllm_multinode_nftables(entries, gateways), 29560)
+        assert admitted == {"iif ens5": ["10.0.0.2"]} and dropped, gateways
+
+
+def test_a_worker_s_agent_admits_the_instance_s_nodes_only_whatever_the_gateways():
+    instances = resolve([multinode(nodes=["gpu1", "gpu2", "gpu3"])])
+    hv = hostvars_for(instances, hosts=("gpu1", "gpu2", "gpu3"))
+    entries = plans(instances, "gpu2", hv, play=("gpu1", "gpu2", "gpu3"))
+    assert vllm_multinode_heads(entries) == []
+    text = vllm_multinode_nftables(entries, {"gw1": ["192.0.2.50"]})
+    assert "192.0.2.50" not in text
+    admitted, dropped = _admitted(text, 29560)
+    assert admitted == {"iif ens5": ["10.0.0.1", "10.0.0.3"]} and dropped, text
+
+
+def test_the_gateway_hosts_addresses_come_from_getent_as_the_head_resolved_them():
+    registered = {"results": [
+        {"item": "gw1", "ansible_facts": {"getent_ahosts": {"192.0.2.50": [["STREAM", "gw1"], ["DGRAM"], ["RAW"]],
+                                                            "fe80::1": [["STREAM", "gw1"]],
+                                                            "2001:db8::50": [["STREAM", "gw1"]]}}},
+        {"item": "gw2", "ansible_facts": {"getent_ahosts": {"gw2": None}}},
+        {"item": "gw3", "skipped": True}]}
+    assert vllm_resolved_addresses(registered) == {"gw1": ["192.0.2.50", "2001:db8::50"], "gw2": []}
+    assert vllm_resolved_addresses({"results": []}) == {} and vllm_resolved_addresses(None) == {}
+    with pytest.raises(Exception, match="not an IP address"):
+        vllm_multinode_nftables([], ["gw1"])
+
+
 def test_upgrade_batches_keep_the_nodes_of_an_instance_together():
     hv = {"a": {"vllm_server_instances": [{"name": "x", "model": "m"}]},
           "b": {"vllm_server_instances": [{"name": "big", "nodes": ["b", "d"]}]},
@@ -333,7 +401,7 @@ def test_the_firewall_example_of_docs_multinode_is_what_the_filter_renders():
                                                  "instances": vllm_multinode_signatures(instances)}}}
     entries = vllm_multinode_plans(instances, hv, "gpu-01", ["gpu-01", "gpu-02"], ["gpu-01", "gpu-02"])
     assert entries[0]["problems"] == [], entries[0]["problems"]
-    rendered = vllm_multinode_nftables(entries)
+    rendered = vllm_multinode_nftables(entries, {"gateway-01": ["10.0.1.5"]})
     documented = [line.strip() for line in block.splitlines() if line.strip()]
     assert rendered.split("delete table inet llmops_vllm_cluster\n", 1)[1].split() == " ".join(documented).split()
 
