@@ -23,7 +23,7 @@ TOOLING := tests/tooling
 VLLM_VERSION := $(shell sed -n 's/^vllm_server_version: *//p' roles/vllm_server/defaults/main.yml)
 SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration integration-tests integration-multinode bench bench-fleet bench-gateway bench-routing molecule ee test
+.PHONY: help deps docker images testbed models demo demo-down clean distclean lint unit sanity integration integration-tests integration-multinode integration-multinode-tests bench bench-fleet bench-gateway bench-routing molecule ee test
 
 help:
 	@echo "make demo       serve the tiny test model on a local throwaway host through site.yml"
@@ -94,6 +94,9 @@ integration-tests:
 # The multi-node end-to-end test (11 minutes before the gateway and its health check joined it; 35 beside the fleet scenario since): left out of `make integration` while `make test` is over
 # its time budget (issue 23); .ci/run runs it after `make test` when the CI run has the time.
 integration-multinode: testbed
+	$(MAKE) --no-print-directory integration-multinode-tests
+
+integration-multinode-tests:
 	LLMOPS_IT_MULTINODE=1 $(BIN)/python -m pytest -v -p no:cacheprovider --durations=0 tests/integration/test_multinode_dp.py
 
 # Not a test: prints how long after readiness each way of waiting returns.
