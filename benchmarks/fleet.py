@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -100,7 +101,9 @@ def inventory(directory, gpu_hosts, cache_host):
 HF_HUB = os.path.join(ROOT, "tests", "doubles", "hf-hub")
 
 
-def playbook(inventory_dir, playbook_path, forks, extra=(), control_dir=None, roles_path=None):
+def playbook(inventory_dir, playbook_path, forks, extra=(), control_dir=None, roles_path=None, details=False):
+    """Runs a playbook; returns (seconds, changed), or with details a dict that adds the control node's CPU seconds
+    (the ansible-playbook process and its forks) and the per-task profile (ansible.posix.profile_tasks)."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
     if control_dir:
@@ -108,15 +111,54 @@ def playbook(inventory_dir, playbook_path, forks, extra=(), control_dir=None, ro
         env["MOLECULE_EPHEMERAL_DIRECTORY"] = control_dir
     if roles_path:
         env["ANSIBLE_ROLES_PATH"] = roles_path
+    if details:
+        env.update(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks", PROFILE_TASKS_TASK_OUTPUT_LIMIT="1000")
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     result = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", inventory_dir, "-f", str(forks), playbook_path, *extra],
                             capture_output=True, text=True, env=env, cwd=ROOT)
     elapsed = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         sys.stderr.write(result.stdout[-4000:] + result.stderr[-2000:])
         raise SystemExit("%s failed (exit %d)" % (playbook_path, result.returncode))
     changed = sum(int(n) for n in re.findall(r"changed=(\d+)", result.stdout.split("PLAY RECAP")[-1]))
-    return elapsed, changed
+    if not details:
+        return elapsed, changed
+    return {"seconds": elapsed, "changed": changed, "cpu_s": (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime),
+            "tasks": task_profile(result.stdout.split("PLAY RECAP")[0])}
+
+
+def task_profile(output):
+    """profile_tasks' duration of each task entry, in the order they ran: [(task name, seconds, skipped)]."""
+    entries, name, skipped = [], None, True
+    for line in output.splitlines():
+        match = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*?)\] \*+", line)
+        if match:
+            name, skipped = match.group(1), True
+            continue
+        if re.match(r"^(ok|changed|included|fatal|failed):", line):
+            skipped = False
+            if entries and entries[-1][0] == name:
+                entries[-1] = (name, entries[-1][1], False)
+        match = re.search(r"\((\d+):(\d+):([\d.]+)\)\s+\d+:\d+:[\d.]+ \*+", line)
+        if match and name is not None:
+            seconds = int(match.group(1)) * 3600 + int(match.group(2)) * 60 + float(match.group(3))
+            if entries and entries[-1][1] is None:
+                entries[-1] = (entries[-1][0], seconds, entries[-1][2])
+            entries.append((name, None, skipped))
+    return [(n, t or 0.0, k) for n, t, k in entries]
+
+
+def by_role(tasks):
+    """{role: [entries, seconds]} of a task profile; the playbooks' own tasks under "(playbooks)"."""
+    roles = {}
+    for name, seconds, _ in tasks:
+        role = name.split(" : ")[0] if " : " in name else "(playbooks)"
+        entry = roles.setdefault(role, [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+    return roles
 
 
 COMPARE_ROUNDS = 3
@@ -152,15 +194,23 @@ def compare_docker_roles(inv, tmp, forks, role_dir):
         with open(books[name], "w") as f:
             f.write(text)
     books["site.yml"] = os.path.join(ROOT, "site.yml")
-    times = dict((name, []) for name in books)
-    changed = dict((name, []) for name in books)
+    runs = dict((name, []) for name in books)
     for _ in range(COMPARE_ROUNDS):
         for name, book in books.items():
-            elapsed, ch = playbook(inv, book, forks, control_dir=tmp, roles_path=roles)
-            times[name].append(elapsed)
-            changed[name].append(ch)
-    return dict((name, {"median_s": round(median(times[name]), 1), "runs_s": [round(t, 1) for t in times[name]],
-                        "changed": changed[name]}) for name in books)
+            runs[name].append(playbook(inv, book, forks, control_dir=tmp, roles_path=roles, details=True))
+    result = {}
+    for name in books:
+        roles_median = {}
+        for role in sorted(set(r for run in runs[name] for r in by_role(run["tasks"]))):
+            per_run = [by_role(run["tasks"]).get(role, [0, 0.0]) for run in runs[name]]
+            roles_median[role] = {"entries": int(median(e for e, _ in per_run)), "median_s": round(median(t for _, t in per_run), 1)}
+        result[name] = {"median_s": round(median(r["seconds"] for r in runs[name]), 1),
+                        "runs_s": [round(r["seconds"], 1) for r in runs[name]], "changed": [r["changed"] for r in runs[name]],
+                        "cpu_s": round(median(r["cpu_s"] for r in runs[name]), 1),
+                        "entries": int(median(len(r["tasks"]) for r in runs[name])),
+                        "skipped": int(median(sum(1 for t in r["tasks"] if t[2]) for r in runs[name])),
+                        "roles": roles_median}
+    return result
 
 
 def run(mode, n, compare_role=None):
@@ -245,8 +295,13 @@ def main():
         print("no-op runs on one converged host (N=%d, cache), %d alternating rounds:" % (sizes[0], COMPARE_ROUNDS))
         base = compared["geerlingguy.docker"]["median_s"]
         for name, r in compared.items():
-            print("  %-20s median %5.1f s  (%s)  changed=%s  %.2fx geerlingguy.docker" % (
-                name, r["median_s"], ", ".join("%.1f" % t for t in r["runs_s"]), r["changed"], r["median_s"] / base))
+            print("  %-20s median %5.1f s  (%s)  changed=%s  %.2fx geerlingguy.docker; control node CPU %.1f s; "
+                  "%d task entries (%d skipped)" % (
+                      name, r["median_s"], ", ".join("%.1f" % t for t in r["runs_s"]), r["changed"], r["median_s"] / base,
+                      r["cpu_s"], r["entries"], r["skipped"]))
+        print("  site.yml by role (median entries and seconds, profile_tasks):")
+        for role, r in sorted(compared["site.yml"]["roles"].items(), key=lambda x: -x[1]["median_s"]):
+            print("    %-40s %4d %6.1f s" % (role, r["entries"], r["median_s"]))
         print("goal: a no-op site.yml costs no more than a no-op geerlingguy.docker: %s" % (
             "met" if compared["site.yml"]["median_s"] <= base else "NOT met"))
     else:
