@@ -13,6 +13,7 @@ import grp
 import hashlib
 import os
 import pwd
+import socket
 import stat
 
 
@@ -100,3 +101,14 @@ def service_states(module, names):
 def apt_lists():
     """How many package index files apt has (none on container images and minimal installs)."""
     return len(glob.glob("/var/lib/apt/lists/*_Packages*"))
+
+
+def resolve(names):
+    """{name: every address it resolves to on this host, sorted; [] when it does not resolve}."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = sorted(set(a[4][0] for a in socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)))
+        except socket.gaierror:
+            found[name] = []
+    return found

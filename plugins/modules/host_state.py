@@ -19,6 +19,8 @@ description:
     owner and group, and the SHA-1 of a file's content (the checksum C(ansible.builtin.copy) and
     C(ansible.builtin.template) compare).
   - B(Services.) For each of O(services), what C(systemctl is-active) and C(systemctl is-enabled) say.
+  - B(Names.) For each of O(resolve), every address it resolves to on this host (as its kernel will see the
+    connections of that host), or an empty list.
   - B(apt.) With O(apt_lists=true), how many package index files apt has (none on container images
     and minimal installs, which apt's own C(cache_valid_time) cannot tell from a fresh index).
 author:
@@ -39,6 +41,11 @@ options:
     default: []
   services:
     description: Names of systemd units.
+    type: list
+    elements: str
+    default: []
+  resolve:
+    description: Host names to resolve.
     type: list
     elements: str
     default: []
@@ -83,6 +90,11 @@ services:
   returned: always
   type: dict
   sample: {docker: {active: active, enabled: enabled}}
+resolved:
+  description: The addresses each of O(resolve) resolves to, sorted; an empty list for a name that does not resolve.
+  returned: always
+  type: dict
+  sample: {llmops-fleet-gpu1: ["172.18.0.6", "fd00::6"], nowhere.invalid: []}
 apt_lists:
   description: How many of apt's package index files exist; 0 when O(apt_lists=false).
   returned: always
@@ -96,6 +108,7 @@ from ansible_collections.llmops.vllm.plugins.module_utils._host_state import (
     apt_lists,
     file_state,
     package_versions,
+    resolve,
     service_states,
 )
 
@@ -106,6 +119,7 @@ def main():
             packages=dict(type="list", elements="str", default=[]),
             paths=dict(type="list", elements="path", default=[]),
             services=dict(type="list", elements="str", default=[]),
+            resolve=dict(type="list", elements="str", default=[]),
             apt_lists=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
@@ -115,6 +129,7 @@ def main():
         packages=package_versions(module, module.params["packages"]),
         paths=dict((path, file_state(path)) for path in module.params["paths"]),
         services=service_states(module, module.params["services"]),
+        resolved=resolve(module.params["resolve"]),
         apt_lists=apt_lists() if module.params["apt_lists"] else 0,
     )
 

@@ -31,3 +31,9 @@ def test_file_state_of_a_file_a_directory_and_nothing(tmp_path):
     directory = mod.file_state(str(tmp_path))
     assert directory["isdir"] and "checksum" not in directory
     assert mod.file_state(str(tmp_path / "absent")) == {"exists": False}
+
+
+def test_names_resolve_to_every_address_once_and_unknown_names_to_none():
+    found = mod.resolve(["localhost", "nowhere.invalid"])
+    assert "127.0.0.1" in found["localhost"] and len(found["localhost"]) == len(set(found["localhost"]))
+    assert found["nowhere.invalid"] == []
