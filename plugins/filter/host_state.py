@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_bytes
+
+from ansible_collections.llmops.vllm.plugins.module_utils._docker_daemon import merge_settings
 
 
 def _octal(mode):
@@ -75,6 +78,21 @@ def llmops_service_matches(state, wanted_state, enabled=None):
     return enabled is None or state.get("enabled") == ("enabled" if enabled else "disabled")
 
 
+def llmops_daemon_json_holds(text, settings):
+    """Whether daemon.json's text (host_state's contents) already holds settings, as docker_daemon_config merges them.
+
+    A missing, empty or unreadable file, or one that is not a JSON object, does not: the module then
+    decides (and says what is wrong).
+    """
+    if not text or not text.strip():
+        return False
+    try:
+        current = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(current, dict) and merge_settings(current, settings) == current
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -82,4 +100,5 @@ class FilterModule(object):
             "llmops_dir_matches": llmops_dir_matches,
             "llmops_missing_packages": llmops_missing_packages,
             "llmops_service_matches": llmops_service_matches,
+            "llmops_daemon_json_holds": llmops_daemon_json_holds,
         }

@@ -112,3 +112,15 @@ def resolve(names):
         except socket.gaierror:
             found[name] = []
     return found
+
+
+def text_of(path, limit=65536):
+    """The text of a small file (a settings file to compare on the controller); None when it is missing,
+    unreadable, not UTF-8 or larger than limit bytes."""
+    try:
+        if os.path.getsize(path) > limit:
+            return None
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8")
+    except (IOError, OSError, UnicodeDecodeError):
+        return None

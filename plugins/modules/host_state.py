@@ -18,6 +18,8 @@ description:
   - B(Files.) For each of O(paths), whether it exists, whether it is a directory, a file or a link, its mode,
     owner and group, and the SHA-1 of a file's content (the checksum C(ansible.builtin.copy) and
     C(ansible.builtin.template) compare).
+  - B(Contents.) For each of O(contents), the text of a small settings file, for the controller to compare
+    with what a role would write.
   - B(Services.) For each of O(services), what C(systemctl is-active) and C(systemctl is-enabled) say.
   - B(Names.) For each of O(resolve), every address it resolves to on this host (as its kernel will see the
     connections of that host), or an empty list.
@@ -36,6 +38,11 @@ options:
     default: []
   paths:
     description: Paths of files or directories.
+    type: list
+    elements: path
+    default: []
+  contents:
+    description: Paths of small text files (64 KiB at most) to return the content of.
     type: list
     elements: path
     default: []
@@ -85,6 +92,11 @@ paths:
     /etc/docker/registry/config.yml: {exists: true, isdir: false, isreg: true, islnk: false, mode: "0640",
                                       owner: root, group: docker-registry, checksum: 2aae6c35c94fcfb415dbe95f408b9ce91ee846ed}
     /etc/apt/sources.list.d/docker.list: {exists: false}
+contents:
+  description: The text of each of O(contents); null when it is missing, unreadable, not UTF-8 or over 64 KiB.
+  returned: always
+  type: dict
+  sample: {/etc/docker/daemon.json: "{\n  \"live-restore\": true\n}\n"}
 services:
   description: What systemctl says of each of O(services); C(unknown) on a host without systemctl.
   returned: always
@@ -110,6 +122,7 @@ from ansible_collections.llmops.vllm.plugins.module_utils._host_state import (
     package_versions,
     resolve,
     service_states,
+    text_of,
 )
 
 
@@ -118,6 +131,7 @@ def main():
         argument_spec=dict(
             packages=dict(type="list", elements="str", default=[]),
             paths=dict(type="list", elements="path", default=[]),
+            contents=dict(type="list", elements="path", default=[]),
             services=dict(type="list", elements="str", default=[]),
             resolve=dict(type="list", elements="str", default=[]),
             apt_lists=dict(type="bool", default=False),
@@ -128,6 +142,7 @@ def main():
         changed=False,
         packages=package_versions(module, module.params["packages"]),
         paths=dict((path, file_state(path)) for path in module.params["paths"]),
+        contents=dict((path, text_of(path)) for path in module.params["contents"]),
         services=service_states(module, module.params["services"]),
         resolved=resolve(module.params["resolve"]),
         apt_lists=apt_lists() if module.params["apt_lists"] else 0,

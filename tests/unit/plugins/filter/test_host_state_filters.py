@@ -7,6 +7,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.llmops.vllm.plugins.filter.host_state import (
+    llmops_daemon_json_holds,
     llmops_dir_matches,
     llmops_file_matches,
     llmops_missing_packages,
@@ -74,3 +75,24 @@ def test_missing_packages_count_names_and_apt_version_globs():
 ])
 def test_a_service_matches_only_a_state_it_can_already_be_in(state, wanted, enabled, matches):
     assert llmops_service_matches(state, wanted, enabled) is matches
+
+
+DAEMON_JSON = '{\n  "live-restore": true,\n  "log-opts": {"max-size": "100m", "max-file": "3"},\n  "data-root": "/srv/docker"\n}\n'
+
+
+@pytest.mark.parametrize("settings, holds", [
+    ({"live-restore": True}, True),
+    ({"log-opts": {"max-size": "100m"}}, True),
+    ({"live-restore": False}, False),
+    ({"log-opts": {"max-file": "5"}}, False),
+    ({"registry-mirrors": ["http://cache:5000"]}, False),
+    ({"default-runtime": None}, True),
+    ({"data-root": None}, False),
+])
+def test_daemon_json_holds_settings_as_the_module_merges_them(settings, holds):
+    assert llmops_daemon_json_holds(DAEMON_JSON, settings) is holds
+
+
+@pytest.mark.parametrize("text", [None, "", "  \n", "{not json", "[1, 2]"])
+def test_a_missing_empty_or_broken_daemon_json_is_left_to_the_module(text):
+    assert llmops_daemon_json_holds(text, {}) is False

@@ -37,3 +37,16 @@ def test_names_resolve_to_every_address_once_and_unknown_names_to_none():
     found = mod.resolve(["localhost", "nowhere.invalid"])
     assert "127.0.0.1" in found["localhost"] and len(found["localhost"]) == len(set(found["localhost"]))
     assert found["nowhere.invalid"] == []
+
+
+def test_text_of_a_small_file_only(tmp_path):
+    small = tmp_path / "daemon.json"
+    small.write_text('{"live-restore": true}\n')
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 70000)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe")
+    assert mod.text_of(str(small)) == '{"live-restore": true}\n'
+    assert mod.text_of(str(big)) is None
+    assert mod.text_of(str(binary)) is None
+    assert mod.text_of(str(tmp_path / "absent")) is None
