@@ -58,7 +58,7 @@ def llmops_missing_packages(specs, versions):
     """
     missing = []
     for spec in specs:
-        name, _, pattern = str(spec).partition("=")
+        name, dummy, pattern = str(spec).partition("=")
         installed = versions.get(name)
         if installed is None or (pattern and not fnmatch.fnmatch(installed, pattern)):
             missing.append(spec)
