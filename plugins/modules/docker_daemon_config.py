@@ -163,13 +163,17 @@ backup_file:
   sample: /etc/docker/daemon.json.12345.2026-11-24@21:00:00~
 """
 
-import copy
 import json
 import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.llmops.vllm.plugins.module_utils._docker_daemon import (
+    merge_settings,
+    set_list_options,
+)
 
 
 # daemon.json keys dockerd applies on SIGHUP without a restart (docs: "Configuration reload behavior").
@@ -184,40 +188,6 @@ def how_to_apply(changed_keys):
     if not changed_keys:
         return "none"
     return "reload" if set(changed_keys) <= RELOADABLE else "restart"
-
-
-def merge_settings(current, settings):
-    """Return current with settings merged in; dicts recurse, None deletes, the rest replaces."""
-    merged = copy.deepcopy(current)
-    for key, value in settings.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_settings(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def set_list_options(current, list_options):
-    """Return current with NAME=VALUE entries set in list-valued keys, other entries kept."""
-    merged = copy.deepcopy(current)
-    for key, entries in list_options.items():
-        values = list(merged.get(key) or [])
-        for entry in entries:
-            name = entry.split("=", 1)[0] + "=" if "=" in entry else None
-            if name is None:
-                if entry not in values:
-                    values.append(entry)
-                continue
-            positions = [i for i, v in enumerate(values) if isinstance(v, str) and v.startswith(name)]
-            if positions:
-                values[positions[0]] = entry
-                values = [v for i, v in enumerate(values) if i not in positions[1:]]
-            else:
-                values.append(entry)
-        merged[key] = values
-    return merged
 
 
 def read_config(module, path):
