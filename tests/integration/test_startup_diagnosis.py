@@ -107,7 +107,8 @@ def failing_servers(containers, hub, tmp_path_factory):
             os.chmod(str(home), 0o777)
             extra.update(models=str(home), offline=False, host_network=True)
             docker_args += ["-e", "HF_ENDPOINT=" + hub]
-        server = VllmContainer("fail-" + case, model, args=spec.get("args", ()), docker_args=docker_args, **extra)
+        server = VllmContainer("fail-" + case, model, args=spec.get("args", ()), docker_args=docker_args,
+                               worker_in_engine=False, **extra)
         containers.append(server)
         servers[case] = server.start()
     yield servers
