@@ -159,7 +159,7 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.llmops.vllm.plugins.module_utils._hf_hub import HF_IMPORT_ERROR, OTHER, UNAVAILABLE, UNREACHABLE, Asker
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_hub import HF_IMPORT_ERROR, HUB_OPTIONS, OTHER, UNAVAILABLE, UNREACHABLE, Asker
 
 
 def main():
@@ -169,8 +169,7 @@ def main():
                 model=dict(type="str", required=True),
                 revision=dict(type="str", default="main"),
             )),
-            endpoint=dict(type="str"),
-            token=dict(type="str", no_log=True),
+            **HUB_OPTIONS,
             cache_dir=dict(type="path"),
         ),
         supports_check_mode=True,
