@@ -6,14 +6,17 @@ from __future__ import annotations
 
 
 class ModuleDocFragment(object):
-    """The Hugging Face Hub options of the collection's modules.
+    """What the collection's Hugging Face modules document alike.
 
-    DOCUMENTATION: the hub to talk to and the token (hf_model_fetch, hf_model_config; their spec is HUB_OPTIONS
-    of module_utils/_hf_hub.py). MODEL: the model and its revision (hf_model_fetch, hf_cache_check; their
-    spec is MODEL_OPTIONS of module_utils/_hf_cache.py).
+    DOCUMENTATION (hf_model_fetch, hf_model_config): the requirement of huggingface_hub, the hub to talk to
+    and the token; the options' spec is HUB_OPTIONS of module_utils/_hf_hub.py.
+    MODEL (hf_model_fetch, hf_cache_check): the model and its revision; their spec is MODEL_OPTIONS of
+    module_utils/_hf_cache.py.
     """
 
     DOCUMENTATION = r"""
+requirements:
+  - huggingface_hub on the host that runs the module (tested with 2.4.0, the version vLLM 0.32.0 ships).
 options:
   endpoint:
     description:

@@ -25,8 +25,6 @@ description:
     instance, naming the variable to change). A hub it cannot reach, and a control node without
     huggingface_hub, give a warning and entries with RV(models[].problem) V(unreachable) or
     V(unavailable) - the check is skipped, not failed.
-requirements:
-  - huggingface_hub on the host that runs the module (tested with 2.4.0, the version vLLM 0.32.0 ships).
 author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:

@@ -23,8 +23,6 @@ description:
     is used if it is complete, and the task fails otherwise.
   - Errors name the model and give the hub's own words - not found, gated (a token with access is
     needed), revision not found, token rejected, hub unreachable. The token never appears in them.
-requirements:
-  - huggingface_hub on the host that runs the module (tested with 2.4.0, the version vLLM 0.32.0 ships).
 author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
