@@ -6,9 +6,17 @@ from __future__ import annotations
 
 
 class ModuleDocFragment(object):
-    """The Hugging Face Hub options of the modules that talk to it (hf_model_fetch, hf_model_config)."""
+    """What the collection's Hugging Face modules document alike.
+
+    DOCUMENTATION (hf_model_fetch, hf_model_config): the requirement of huggingface_hub, the hub to talk to
+    and the token; the options' spec is HUB_OPTIONS of module_utils/_hf_hub.py.
+    MODEL (hf_model_fetch, hf_cache_check): the model and its revision; their spec is MODEL_OPTIONS of
+    module_utils/_hf_cache.py.
+    """
 
     DOCUMENTATION = r"""
+requirements:
+  - huggingface_hub on the host that runs the module (tested with 2.4.0, the version vLLM 0.32.0 ships).
 options:
   endpoint:
     description:
@@ -21,4 +29,17 @@ options:
       - A Hugging Face access token, for gated and private models. Unset, huggingface_hub's default applies
         (C(HF_TOKEN) in the environment, else the token saved by C(hf auth login)).
     type: str
+"""
+
+    # llmops.vllm.hf_hub.model
+    MODEL = r"""
+options:
+  repo_id:
+    description: The model, C(<org>/<name>) as on the hub.
+    type: str
+    required: true
+  revision:
+    description: A branch, a tag or a commit hash.
+    type: str
+    default: main
 """

@@ -26,6 +26,13 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 4 * 1024 * 1024
 
+# The options naming a model and its revision, of hf_model_fetch and hf_cache_check: documented by the doc
+# fragment llmops.vllm.hf_hub.model.
+MODEL_OPTIONS = dict(
+    repo_id=dict(type="str", required=True),
+    revision=dict(type="str", default="main"),
+)
+
 
 def repo_folder(cache_dir, repo_id):
     """The folder of a model repo in a hub cache dir (huggingface_hub's repo_folder_name)."""

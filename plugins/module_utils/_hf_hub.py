@@ -55,10 +55,17 @@ except ImportError:
     RepositoryNotFoundError = RevisionNotFoundError = None
 
 # what hf_model_fetch takes from here besides Asker's own names
-__all__ = ["HF_IMPORT_ERROR", "Asker", "EntryNotFoundError", "GatedRepoError", "HfApi", "HfHubHTTPError",
+__all__ = ["HF_IMPORT_ERROR", "HUB_OPTIONS", "Asker", "EntryNotFoundError", "GatedRepoError", "HfApi", "HfHubHTTPError",
            "LocalEntryNotFoundError", "OfflineModeIsEnabled", "RepositoryNotFoundError", "RevisionNotFoundError",
            "constants", "filter_repo_objects", "hf_hub_download", "httpx2", "snapshot_download", "GATED", "NOT_FOUND",
            "REVISION", "TOKEN", "UNREACHABLE", "NO_CONFIG", "OTHER", "UNAVAILABLE"]
+
+# The options naming the hub and the token, of hf_model_config and hf_model_fetch: documented by the doc
+# fragment llmops.vllm.hf_hub.
+HUB_OPTIONS = dict(
+    endpoint=dict(type="str"),
+    token=dict(type="str", no_log=True),
+)
 
 # A LoRA adapter's config (a repository without config.json, docs/lora.md).
 ADAPTER_CONFIG = "adapter_config.json"

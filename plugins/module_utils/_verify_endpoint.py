@@ -47,6 +47,22 @@ TLS_ADVICE = (" The server's certificate could not be verified: set ca_path to t
               "if it asks for a client certificate, or validate_certs: false for a test endpoint only.")
 PLAIN_HTTP_ADVICE = " The server does not speak TLS on this port: use an http:// URL."
 
+# What a server that never became ready is told, by how the last attempt failed (tls: tls_advice; http: by status).
+UNREADY_ADVICE = {
+    "refused": " Nothing accepts connections there. vLLM only listens once the model is loaded, so either the "
+               "model is still loading (raise timeout), or the container exited or restarts in a loop "
+               "(docker ps -a, docker logs), or the port is not published on this address (check the port mapping).",
+    "unreachable": " There is no route to that address: a firewall rejects the connection (for example iptables' "
+                   "icmp-host-prohibited), the host is down, or the address is wrong. Check the URL, the firewall "
+                   "between here and the host, and that the host is up; vLLM's own state cannot cause this.",
+    "reset": " Something accepts connections but closes them without answering: Docker's port proxy is up while "
+             "vLLM inside the container does not listen yet (still loading the model: raise timeout) or keeps "
+             "crashing and restarting (docker ps -a, docker logs).",
+    "timeout": " Connections hang: a firewall may drop them, or the server is overloaded. "
+               "Check that the port is reachable from where this module runs.",
+    "dns": " The host name does not resolve from where this module runs: check the URL.",
+}
+
 
 def tls_advice(error):
     # an https:// URL for a plain HTTP server fails in the handshake with these
@@ -85,28 +101,10 @@ class Verifier(object):
             url, _fmt_num(self.p["timeout"]), waited, last.summary() if last else "nothing")
         if last is None:
             return head
-        if last.kind == "refused":
-            return head + (
-                " Nothing accepts connections there. vLLM only listens once the model is loaded, so either the "
-                "model is still loading (raise timeout), or the container exited or restarts in a loop "
-                "(docker ps -a, docker logs), or the port is not published on this address (check the port mapping).")
-        if last.kind == "unreachable":
-            return head + (
-                " There is no route to that address: a firewall rejects the connection (for example iptables' "
-                "icmp-host-prohibited), the host is down, or the address is wrong. Check the URL, the firewall between "
-                "here and the host, and that the host is up; vLLM's own state cannot cause this.")
-        if last.kind == "reset":
-            return head + (
-                " Something accepts connections but closes them without answering: Docker's port proxy is up while "
-                "vLLM inside the container does not listen yet (still loading the model: raise timeout) or keeps "
-                "crashing and restarting (docker ps -a, docker logs).")
-        if last.kind == "timeout":
-            return head + (" Connections hang: a firewall may drop them, or the server is overloaded. "
-                           "Check that the port is reachable from where this module runs.")
+        if last.kind in UNREADY_ADVICE:
+            return head + UNREADY_ADVICE[last.kind]
         if last.kind == "tls":
             return head + tls_advice(last)
-        if last.kind == "dns":
-            return head + " The host name does not resolve from where this module runs: check the URL."
         if last.kind == "http" and last.status == 503:
             return head + (" The server answers but is not healthy (503): vLLM's engine died or is restarting (the "
                            "container log says why, often out of GPU memory), or a proxy in front has no server behind it.")

@@ -33,19 +33,12 @@ author:
 extends_documentation_fragment:
   - llmops.vllm.attributes
   - llmops.vllm.attributes.read_only
+  - llmops.vllm.hf_hub.model
 options:
   cache_dir:
     description: The hub cache directory (the one holding C(models--<org>--<name>) folders).
     type: path
     required: true
-  repo_id:
-    description: The model, C(<org>/<name>) as on the hub.
-    type: str
-    required: true
-  revision:
-    description: A branch, a tag or a commit hash.
-    type: str
-    default: main
   expected_files:
     description:
       - Files that must be in the snapshot, as paths in the repository (for example the RV(llmops.vllm.hf_model_fetch#module:files)
@@ -122,6 +115,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.vllm.plugins.module_utils._hf_cache import (
+    MODEL_OPTIONS,
     check_snapshot,
     read_tree_manifest,
     repo_folder,
@@ -172,8 +166,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             cache_dir=dict(type="path", required=True),
-            repo_id=dict(type="str", required=True),
-            revision=dict(type="str", default="main"),
+            **MODEL_OPTIONS,
             expected_files=dict(type="list", elements="str", default=[]),
             checksum=dict(type="bool", default=True),
         ),

@@ -25,8 +25,6 @@ description:
     instance, naming the variable to change). A hub it cannot reach, and a control node without
     huggingface_hub, give a warning and entries with RV(models[].problem) V(unreachable) or
     V(unavailable) - the check is skipped, not failed.
-requirements:
-  - huggingface_hub on the host that runs the module (tested with 2.4.0, the version vLLM 0.32.0 ships).
 author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
@@ -159,7 +157,7 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.llmops.vllm.plugins.module_utils._hf_hub import HF_IMPORT_ERROR, OTHER, UNAVAILABLE, UNREACHABLE, Asker
+from ansible_collections.llmops.vllm.plugins.module_utils._hf_hub import HF_IMPORT_ERROR, HUB_OPTIONS, OTHER, UNAVAILABLE, UNREACHABLE, Asker
 
 
 def main():
@@ -169,8 +167,7 @@ def main():
                 model=dict(type="str", required=True),
                 revision=dict(type="str", default="main"),
             )),
-            endpoint=dict(type="str"),
-            token=dict(type="str", no_log=True),
+            **HUB_OPTIONS,
             cache_dir=dict(type="path"),
         ),
         supports_check_mode=True,

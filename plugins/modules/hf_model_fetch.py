@@ -23,22 +23,13 @@ description:
     is used if it is complete, and the task fails otherwise.
   - Errors name the model and give the hub's own words - not found, gated (a token with access is
     needed), revision not found, token rejected, hub unreachable. The token never appears in them.
-requirements:
-  - huggingface_hub on the host that runs the module (tested with 2.4.0, the version vLLM 0.32.0 ships).
 author:
   - llmops.vllm developers (@llmops)
 extends_documentation_fragment:
   - llmops.vllm.attributes
   - llmops.vllm.hf_hub
+  - llmops.vllm.hf_hub.model
 options:
-  repo_id:
-    description: The model, C(<org>/<name>) as on the hub.
-    type: str
-    required: true
-  revision:
-    description: A branch, a tag or a commit hash.
-    type: str
-    default: main
   cache_dir:
     description:
       - The hub cache directory to download into (the one holding C(models--<org>--<name>) folders;
@@ -161,6 +152,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.llmops.vllm.plugins.module_utils._hf_cache import (
     COMMIT_RE,
+    MODEL_OPTIONS,
     cache_state,
     read_ref,
     read_tree_manifest,
@@ -169,6 +161,7 @@ from ansible_collections.llmops.vllm.plugins.module_utils._hf_cache import (
 )
 from ansible_collections.llmops.vllm.plugins.module_utils._hf_hub import (
     HF_IMPORT_ERROR,
+    HUB_OPTIONS,
     GatedRepoError,
     HfApi,
     HfHubHTTPError,
@@ -378,11 +371,9 @@ class Fetch(object):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            repo_id=dict(type="str", required=True),
-            revision=dict(type="str", default="main"),
+            **MODEL_OPTIONS,
             cache_dir=dict(type="path", required=True),
-            endpoint=dict(type="str"),
-            token=dict(type="str", no_log=True),
+            **HUB_OPTIONS,
             allow_patterns=dict(type="list", elements="str"),
             ignore_patterns=dict(type="list", elements="str"),
             offline=dict(type="bool", default=False),

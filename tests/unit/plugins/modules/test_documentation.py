@@ -64,16 +64,23 @@ def test_attributes_have_a_support_level_and_a_description(name):
         assert value.get("description"), attribute
 
 
+def fragment_options(fragment):
+    """The options a doc fragment of the collection (llmops.vllm.<file>[.<variable>]) documents."""
+    namespace, collection, short, variable = (fragment.split(".") + ["documentation"])[:4]
+    assert (namespace, collection) == ("llmops", "vllm"), fragment
+    module = __import__("ansible_collections.llmops.vllm.plugins.doc_fragments." + short, fromlist=["ModuleDocFragment"])
+    return yaml.safe_load(getattr(module.ModuleDocFragment, variable.upper())).get("options") or {}
+
+
+def extended_fragments(name):
+    return yaml.safe_load(doc_blocks(name)["DOCUMENTATION"]).get("extends_documentation_fragment") or []
+
+
 def documented_options(name):
     """The module's options with those of the collection's doc fragments it extends, as ansible-doc merges them."""
-    doc = yaml.safe_load(doc_blocks(name)["DOCUMENTATION"])
-    options = dict(doc.get("options") or {})
-    for fragment in doc.get("extends_documentation_fragment") or []:
-        namespace, collection, short, variable = (fragment.split(".") + ["documentation"])[:4]
-        assert (namespace, collection) == ("llmops", "vllm"), fragment
-        module = __import__("ansible_collections.llmops.vllm.plugins.doc_fragments." + short, fromlist=["ModuleDocFragment"])
-        text = getattr(module.ModuleDocFragment, variable.upper())
-        for option, value in (yaml.safe_load(text).get("options") or {}).items():
+    options = dict(yaml.safe_load(doc_blocks(name)["DOCUMENTATION"]).get("options") or {})
+    for fragment in extended_fragments(name):
+        for option, value in fragment_options(fragment).items():
             assert option not in options, "%s is documented in %s and in the fragment %s" % (option, name, fragment)
             options[option] = value
     return options
@@ -87,3 +94,25 @@ def test_documented_options_are_the_argument_spec(name, monkeypatch):
     for option, doc in options.items():
         assert doc.get("type", "str") == spec[option].get("type", "str"), option
         assert doc.get("default") == spec[option].get("default"), option
+
+
+def modules_by_fragment():
+    """{fragment: the modules extending it} for the collection's fragments that document options."""
+    found = {}
+    for name in MODULES:
+        for fragment in extended_fragments(name):
+            if fragment_options(fragment):
+                found.setdefault(fragment, []).append(name)
+    return found
+
+
+@pytest.mark.parametrize("fragment", sorted(modules_by_fragment()))
+def test_options_of_a_fragment_are_specified_alike_in_every_module(fragment, monkeypatch):
+    """An option documented once is specified once: each module extending the fragment passes the same spec for it
+    (no_log and required included), as it does when it takes the shared dict from module_utils."""
+    modules = modules_by_fragment()[fragment]
+    specs = dict((name, argument_spec(name, monkeypatch)) for name in modules)
+    for option in fragment_options(fragment):
+        first = specs[modules[0]][option]
+        for name in modules[1:]:
+            assert specs[name][option] == first, "%s of %s and of %s (fragment %s)" % (option, name, modules[0], fragment)
