@@ -75,7 +75,7 @@ def host_docker(host, *args, check=True, timeout=120):
 def kill_container(host, name):
     """docker kill in a stand-in. Docker sends SIGKILL, then waits for the container's exit and, when every process of
     it has not ended within 10 s, answers "PID ... is zombie and can not be killed" (its main process is dead) or
-    "tried to kill container, but did not receive an exit event": a vLLM worker killed while serving took 11-15 s
+    "tried to kill container, but did not receive an exit event": a vLLM worker killed while serving took 11-30 s
     to end here (2026-12-08). The kill has happened then; wait for Docker to see the container end."""
     try:
         host_docker(host, "kill", name)
@@ -111,9 +111,8 @@ def write_instance(directory, **extra):
 
 def local_env(**extra):
     """inventories/local's vllm_server_env without VLLM_ENABLE_V1_MULTIPROCESSING (plus extra): the multi-node
-    instance runs vLLM's default process layout. With the model in the engine process (the other tests' setting,
-    docs/testing.md), the data parallel nodes served, but after an upgrade the worker's main process stayed a
-    zombie that `docker kill` refused, and stopping the head outlasted Docker's API timeout (2026-12-08)."""
+    instance runs vLLM's default process layout, the one its nodes get on a user's hosts (the other tests' setting,
+    docs/testing.md, changes how vLLM's processes start and end, which is what this file watches)."""
     path = os.path.join(ROOT, "inventories", "local", "group_vars", "gpu_hosts", "main.yml")
     env = dict(yaml.safe_load(open(path)).get("vllm_server_env") or {}, **extra)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)

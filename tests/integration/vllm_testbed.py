@@ -66,7 +66,7 @@ class VllmContainer(object):
         self.cpu_kvcache_space = cpu_kvcache_space
         # VLLM_ENABLE_V1_MULTIPROCESSING=0: the model runs in vLLM's engine process instead of a worker process of
         # its own (what vLLM does on a GPU for one GPU; its CPU platform spawns a worker unless this is set): a
-        # start costs about a third less CPU and about 380 MiB less memory here (docs/testing.md). False keeps
+        # start costs about a fifth less CPU and about 380 MiB less memory here (docs/testing.md). False keeps
         # vLLM's CPU default, for the tests that read what a failed start logs.
         self.worker_in_engine = worker_in_engine
         self.port = None
