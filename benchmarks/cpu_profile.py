@@ -23,7 +23,7 @@ import time
 # (kind, pattern on the process name as accounting records it: at most 15 characters)
 KINDS = (
     ("lint, sanity, changelog", r"^(ansible-lint|ansible-doc|ansible-test|antsibull|yamllint|pylint|mypy|pycodestyle)"),
-    ("vLLM servers", r"^(VLLM::|vllm$|ZMQbg/|pt_gloo)"),
+    ("vLLM servers", r"^(VLLM::|vllm$|ZMQbg/|pt_gloo|gloo_)"),
     ("Ansible on the control node", r"^ansible"),
     ("Ansible modules and Python on the hosts", r"^python3$|^python3\.11$"),
     ("pytest, molecule, the tests' Python", r"^(python|pytest|molecule|py\.test)$"),
@@ -33,6 +33,8 @@ KINDS = (
     ("package installs (apt, dpkg)", r"^(apt|apt-get|apt-mark|dpkg|dpkg-deb|dpkg-split|http|store|gpgv|apt-config|dpkg-query|dpkg-trigger)"),
     ("HAProxy, Prometheus, exporters", r"^(haproxy|prometheus|node_exporter|prometheus-node)"),
     ("systemd", r"^(systemd|systemctl|journalctl)"),
+    # torch's inductor compiling kernels in a vLLM server that does not run --enforce-eager
+    ("C++ compiles", r"^(cc1plus|ld|as|g\+\+|collect2)$"),
 )
 
 
@@ -41,13 +43,12 @@ def sa_rows(path):
     out = subprocess.run(["sa", "-a", "--separate-times", path], check=True, capture_output=True, text=True).stdout
     rows = []
     for line in out.splitlines():
-        parts = line.split()
         # count re user[u] sys[s] avio k name   (the first line, the total, has no name)
-        m = re.match(r"\s*(\d+)\s+([\d.]+)re\s+([\d.]+)u\s+([\d.]+)s\s+\S+avio\s+\S+k\s+(.+)$", line)
-        if not m or len(parts) < 7:
+        m = re.match(r"\s*(\d+)\s+[\d.]+re\s+([\d.]+)u\s+([\d.]+)s\s+\S+avio\s+\S+k\s+(.+)$", line)
+        if not m:
             continue
-        name = m.group(5).rstrip("*").strip()
-        rows.append((name, int(m.group(1)), (float(m.group(3)) + float(m.group(4))) * 60))
+        name = m.group(4).rstrip("*").strip()
+        rows.append((name, int(m.group(1)), (float(m.group(2)) + float(m.group(3))) * 60))
     return rows
 
 
@@ -68,11 +69,10 @@ def machine_cpu():
 def report(path, wall=None, machine=None):
     rows = sa_rows(path)
     total = sum(cpu for _, _, cpu in rows)
-    by_kind = collections.defaultdict(float)
     names = collections.defaultdict(list)
     for name, count, cpu in rows:
-        by_kind[kind_of(name)] += cpu
         names[kind_of(name)].append((cpu, name, count))
+    by_kind = dict((kind, sum(cpu for cpu, _, _ in listed)) for kind, listed in names.items())
     if wall is not None:
         print("wall %.0f s; the machine's CPU in that span %.0f s (%.2f cores busy on average)" % (wall, machine, machine / wall))
     print("recorded processes' CPU: %.0f s" % total)
