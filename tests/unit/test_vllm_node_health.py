@@ -6,11 +6,15 @@ import os
 import subprocess
 import time
 from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
 
 import pytest
 
 AGENT = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "vllm_server", "files", "vllm-node-health")
-health = SourceFileLoader("vllm_node_health", AGENT).load_module()
+# the agent is a script without .py: loaded through its own loader (SourceFileLoader.load_module is deprecated)
+_loader = SourceFileLoader("vllm_node_health", AGENT)
+health = module_from_spec(spec_from_loader("vllm_node_health", _loader))
+_loader.exec_module(health)
 
 
 class FakeDocker(object):
